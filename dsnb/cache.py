@@ -1,0 +1,80 @@
+"""Where the course keeps what it builds (tokenizer, base model, cleaned data) and how it writes it.
+
+Everything goes under one cache directory, ``~/.cache/dsnb`` by default; set ``DSNB_CACHE`` to move it.
+Files are written atomically (a temporary name, then ``os.replace``) so an interrupted run never
+leaves a half-written file that a later run would trust. Taught in notebook 01.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+ENV_VAR = "DSNB_CACHE"
+
+
+def cache_dir(*parts: str) -> Path:
+    """Return (and create) the course cache directory, or a sub-directory of it.
+
+    ``DSNB_CACHE`` overrides the default ``~/.cache/dsnb``.
+    """
+    root = Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "dsnb").expanduser()
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@contextmanager
+def atomic_directory(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory next to ``final``; on success it replaces ``final`` as a whole.
+
+    On an exception the temporary directory is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def build_lock(path: str | Path) -> FileLock:
+    """A cross-process lock so that two processes (e.g. parallel tests) never build the same artifact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.with_name(f".{path.name}.lock")))

@@ -1,0 +1,91 @@
+"""Run the whole course: ``python -m dsnb.course notebooks`` (what ``make course`` calls).
+
+Executes every numbered notebook in order, each in its own process with papermill, writes the
+executed copies to ``build/course/`` (the committed notebooks are left untouched), and prints a
+table of each notebook's wall time and peak memory. ``-p NAME VALUE`` overrides a value of every
+notebook's parameters cell, e.g. ``-p MODEL deepseek-ai/deepseek-coder-1.3b-base`` on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def notebooks_in(directory: str | Path) -> list[Path]:
+    """The course notebooks (``NN_name.ipynb``) in ``directory``, in course order."""
+    found = sorted(p for p in Path(directory).glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {directory}")
+    return found
+
+
+def _execute_one(path: Path, out: Path, parameters: dict[str, str]) -> dict:
+    import papermill
+
+    start = time.perf_counter()
+    papermill.execute_notebook(
+        str(path), str(out), parameters=parameters, kernel_name="python3",
+        progress_bar=False, cwd=str(path.parent),
+    )
+    # The kernel ran as a child of this process and has exited: its peak RSS is in RUSAGE_CHILDREN.
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"seconds": time.perf_counter() - start, "peak_mib": peak_kib / 1024}
+
+
+def run_course(directory: str | Path, out_dir: str | Path = "build/course",
+               parameters: dict[str, str] | None = None) -> list[dict]:
+    """Run every notebook in its own process; return one row per notebook."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for nb in notebooks_in(directory):
+        print(f"running {nb.name} ...", flush=True)
+        cmd = [sys.executable, "-m", "dsnb.course", "--one", str(nb), "--out", str(out_dir / nb.name),
+               "--params", json.dumps(parameters or {})]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        row = {"notebook": nb.name, "ok": proc.returncode == 0, "seconds": time.perf_counter() - start,
+               "peak_mib": float("nan")}
+        if proc.returncode == 0:
+            row.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        else:
+            print(proc.stdout[-3000:], proc.stderr[-5000:], sep="\n", file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
+def render(rows: list[dict]) -> str:
+    """The summary table."""
+    lines = [f"{'notebook':<36} {'status':<6} {'wall time':>10} {'peak memory':>12}"]
+    for r in rows:
+        lines.append(f"{r['notebook']:<36} {'ok' if r['ok'] else 'FAILED':<6} {r['seconds']:>9.1f}s "
+                     f"{r['peak_mib']:>9.0f} MiB")
+    total = sum(r["seconds"] for r in rows)
+    lines.append(f"{'total':<36} {'':<6} {total:>9.1f}s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("directory", nargs="?", default="notebooks")
+    parser.add_argument("--out", default="build/course")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(_execute_one(Path(args.one), Path(args.out), json.loads(args.params))))
+        return 0
+    rows = run_course(args.directory, args.out, dict(args.parameter))
+    print(render(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,480 @@
+"""The model the course trains: a tiny DeepSeek-V3, its pretraining, and loading any checkpoint.
+
+- ``tiny_deepseek_config`` keeps DeepSeek-V3's defining parts (multi-head latent attention, a dense
+  first layer then MoE layers with shared + routed experts and top-k routing) at a size a laptop
+  CPU trains in minutes.
+- ``base_model_path`` / ``base_model`` pretrain it deterministically on the standard-library corpus
+  and cache it (safetensors + config + tokenizer) under ``dsnb.cache_dir("base_model")``.
+- ``load_model`` loads *any* causal LM with its tokenizer through the Auto classes, from a local
+  directory or a hub id; ``"dsnb-tiny"`` names the course's own base model. Changing that one
+  parameter to ``"deepseek-ai/deepseek-coder-1.3b-base"`` is how a notebook scales up.
+- ``lora_target_modules`` / ``lora_target_parameters`` read LoRA targets from the module tree
+  instead of assuming names (they differ between DeepSeek-V3, V2-Lite, deepseek-coder and R1-Distill).
+
+Taught in notebook 01.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+)
+
+from dsnb.cache import atomic_directory, build_lock, cache_dir, write_json_atomic
+from dsnb.corpus import Corpus, course_corpus, unigram_entropy
+from dsnb.progress import LineProgress
+from dsnb.tokenizer import save_tokenizer, train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+#: The name notebooks use for the course's own pretrained tiny DeepSeek-V3.
+TINY_MODEL_NAME = "dsnb-tiny"
+BUILD_INFO = "dsnb_build.json"
+REPORT = "pretraining_report.json"
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says what to do."""
+
+
+def tiny_deepseek_config(**overrides: Any) -> DeepseekV3Config:
+    """A ``DeepseekV3Config`` with DeepSeek-V3's defining parts at tiny scale (about 2.4 M parameters).
+
+    Multi-head latent attention: queries through a rank-64 bottleneck (``q_lora_rank``), keys and
+    values from one shared rank-32 latent (``kv_lora_rank``), each head split into a rotary part
+    (``qk_rope_head_dim``) and a position-free part (``qk_nope_head_dim``). Layer 0 is a dense MLP
+    (``first_k_dense_replace=1``); layers 1-3 are MoE layers with 1 shared expert and 8 routed
+    experts of which each token uses 2. Any field can be overridden.
+    """
+    values: dict[str, Any] = dict(
+        vocab_size=4096,
+        hidden_size=128,
+        intermediate_size=384,
+        moe_intermediate_size=96,
+        num_hidden_layers=4,
+        first_k_dense_replace=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        q_lora_rank=64,
+        kv_lora_rank=32,
+        qk_rope_head_dim=16,
+        qk_nope_head_dim=16,
+        v_head_dim=32,
+        n_shared_experts=1,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        routed_scaling_factor=1.0,
+        max_position_embeddings=1024,
+        num_nextn_predict_layers=0,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
+    values.update(overrides)
+    return DeepseekV3Config(**values)
+
+
+@dataclass
+class PretrainConfig:
+    """How the base model is pretrained. The defaults build in about 2-3 minutes on 2 CPU cores."""
+
+    vocab_size: int = 4096
+    seq_len: int = 128
+    batch_size: int = 32
+    steps: int = 400
+    learning_rate: float = 4e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    eval_every: int = 50
+    eval_blocks: int = 96
+    seed: int = 0
+
+
+class _Blocks(torch.utils.data.Dataset):
+    """Fixed-length blocks of token ids for causal LM training (labels = inputs)."""
+
+    def __init__(self, blocks: torch.Tensor):
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return self.blocks.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+
+
+def pack_texts(texts: list[str], tokenizer: PreTrainedTokenizerBase, seq_len: int) -> torch.Tensor:
+    """Tokenize ``texts``, join them as ``BOS text EOS`` and cut into blocks of ``seq_len`` tokens.
+
+    The tail shorter than one block is dropped (at most ``seq_len - 1`` tokens; logged).
+    """
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
+        ids += [tokenizer.bos_token_id, *enc, tokenizer.eos_token_id]
+    n = len(ids) // seq_len
+    if n == 0:
+        raise ValueError(f"{len(ids)} tokens are fewer than one block of seq_len={seq_len}")
+    logger.info("packed %d tokens into %d blocks of %d (tail of %d tokens dropped)",
+                len(ids), n, seq_len, len(ids) - n * seq_len)
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def _shuffled(blocks: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return blocks[torch.randperm(blocks.shape[0], generator=g)]
+
+
+def _training_args(output_dir: str, cfg: PretrainConfig) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        adam_beta2=0.95,
+        max_grad_norm=1.0,
+        logging_steps=10,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_every,
+        save_strategy="no",
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+
+
+@torch.no_grad()
+def heldout_loss(model: PreTrainedModel, blocks: torch.Tensor, batch_size: int = 16) -> float:
+    """Mean next-token cross-entropy (nats) of ``model`` over ``blocks``."""
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for i in range(0, blocks.shape[0], batch_size):
+        x = blocks[i : i + batch_size].to(device)
+        out = model(input_ids=x, labels=x)
+        n = x[:, 1:].numel()
+        total += out.loss.item() * n
+        count += n
+    return total / count
+
+
+@torch.no_grad()
+def greedy_samples(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int = 40
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (prompt included), for a look at what the model learned."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = []
+    for prompt in prompts:
+        ids = [tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+        x = torch.tensor([ids], device=device)
+        y = model.generate(
+            x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        outs.append(tokenizer.decode(y[0, 1:], skip_special_tokens=True))
+    return outs
+
+
+SAMPLE_PROMPTS = ["import os\n", "def __init__(self", "class ", "    for i in range("]
+
+
+def pretrain(directory: str | Path, corpus: Corpus | None = None, cfg: PretrainConfig | None = None) -> dict:
+    """Train the tokenizer and pretrain the tiny DeepSeek-V3 on ``corpus``; save both to ``directory``.
+
+    Returns the report (also saved as ``pretraining_report.json``): held-out (test-split) loss vs the
+    unigram entropy of the same tokens, the loss/eval curves, greedy samples and timings.
+    """
+    corpus = corpus or course_corpus()
+    cfg = cfg or PretrainConfig()
+    directory = Path(directory)
+    t0 = time.perf_counter()
+    tokenizer = train_tokenizer(corpus.texts("train"), vocab_size=cfg.vocab_size)
+    t_tok = time.perf_counter() - t0
+    train = _shuffled(pack_texts(corpus.texts("train"), tokenizer, cfg.seq_len), cfg.seed)
+    val = _shuffled(pack_texts(corpus.texts("validation"), tokenizer, cfg.seq_len), cfg.seed)[: cfg.eval_blocks]
+    test = _shuffled(pack_texts(corpus.texts("test"), tokenizer, cfg.seq_len), cfg.seed)[: cfg.eval_blocks * 2]
+
+    torch.manual_seed(cfg.seed)
+    config = tiny_deepseek_config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=max(1024, cfg.seq_len),
+    )
+    model = DeepseekV3ForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    loss_before = heldout_loss(model, test)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(
+            model=model,
+            args=_training_args(tmp, cfg),
+            train_dataset=_Blocks(train),
+            eval_dataset=_Blocks(val),
+            callbacks=[LineProgress("pretraining")],
+        )
+        trainer.remove_callback(PrinterCallback)  # LineProgress prints instead of a dict per log
+        t1 = time.perf_counter()
+        trainer.train()
+        t_train = time.perf_counter() - t1
+    loss_after = heldout_loss(model, test)
+    entropy = unigram_entropy(test.flatten().tolist())
+    report = {
+        "corpus_fingerprint": corpus.fingerprint,
+        "pretrain_config": asdict(cfg),
+        "parameters": n_params,
+        "train_tokens_available": int(train.numel()),
+        "train_tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
+        "test_tokens": int(test.numel()),
+        "test_loss_before": loss_before,
+        "test_loss_after": loss_after,
+        "test_unigram_entropy": entropy,
+        "test_perplexity": math.exp(loss_after),
+        "seconds_tokenizer": t_tok,
+        "seconds_training": t_train,
+        "log_history": trainer.state.log_history,
+        "samples": dict(zip(SAMPLE_PROMPTS, greedy_samples(model, tokenizer, SAMPLE_PROMPTS), strict=True)),
+    }
+    model.save_pretrained(directory, safe_serialization=True)
+    save_tokenizer(tokenizer, directory)
+    write_json_atomic(directory / REPORT, report)
+    write_json_atomic(directory / BUILD_INFO, _build_key(corpus, cfg))
+    logger.info("pretrained %d params in %.0fs: test loss %.3f vs unigram entropy %.3f",
+                n_params, t_train, loss_after, entropy)
+    return report
+
+
+def _build_key(corpus: Corpus, cfg: PretrainConfig) -> dict:
+    import transformers
+
+    return {
+        "corpus_fingerprint": corpus.fingerprint,
+        "pretrain_config": asdict(cfg),
+        "transformers_major": transformers.__version__.split(".")[0],
+    }
+
+
+def base_model_path(rebuild: bool = False, cfg: PretrainConfig | None = None, corpus: Corpus | None = None) -> Path:
+    """The directory of the pretrained tiny DeepSeek-V3, building it first if needed.
+
+    The cache is reused only when it was built from the same corpus fingerprint and pretraining
+    config; otherwise it is rebuilt (and the reason logged). Safe to call from parallel processes.
+    """
+    cfg = cfg or PretrainConfig()
+    corpus = corpus or course_corpus()
+    path = cache_dir() / "base_model"
+    want = _build_key(corpus, cfg)
+    with build_lock(path):
+        info = path / BUILD_INFO
+        if not rebuild and info.is_file():
+            have = json.loads(info.read_text())
+            if have == want:
+                return path
+            logger.warning("cached base model at %s was built from %s; rebuilding for %s", path, have, want)
+        print(f"Building the course base model in {path} (about 3 minutes on 2 cores, once)...", flush=True)
+        with atomic_directory(path) as tmp:
+            pretrain(tmp, corpus, cfg)
+    return path
+
+
+def base_model(rebuild: bool = False, **load_kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The pretrained tiny DeepSeek-V3 and its tokenizer (built on first use, then from cache)."""
+    return load_model(base_model_path(rebuild=rebuild), **load_kwargs)
+
+
+def pretraining_report(path: str | Path | None = None) -> dict:
+    """The report saved when the base model was pretrained (see ``pretrain``)."""
+    path = Path(path) if path is not None else base_model_path()
+    return json.loads((path / REPORT).read_text())
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", os.sep, 1)[1:] \
+        or name.count("/") != 1 or Path(name).expanduser().exists()
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+    **model_kwargs: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer via ``AutoModelForCausalLM`` / ``AutoTokenizer``.
+
+    ``name_or_path`` is a local directory, a hub id (``"deepseek-ai/deepseek-coder-1.3b-base"``) or
+    ``"dsnb-tiny"`` for the course's own base model. A missing directory or an unreachable hub raises
+    ``ModelLoadError`` naming what was asked for and how to work offline. The tokenizer always gets a
+    pad token (if it had none, EOS is used and a warning says why that matters for fine-tuning).
+    """
+    if str(name_or_path) == TINY_MODEL_NAME:
+        name_or_path = base_model_path()
+    name = str(name_or_path)
+    is_local = isinstance(name_or_path, Path) or _looks_like_path(name)
+    if is_local:
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"Model directory {path} does not exist. Pass a directory that holds config.json and the "
+                f"weights (e.g. one written by save_pretrained), a hub id such as "
+                f"'deepseek-ai/deepseek-coder-1.3b-base', or '{TINY_MODEL_NAME}' for the course model."
+            )
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json, so it is not a saved model directory.")
+        name = str(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs
+        )
+    except (OSError, ValueError) as exc:
+        if is_local:
+            raise ModelLoadError(f"Could not load the model saved in {name}: {exc}") from exc
+        raise ModelLoadError(
+            f"Could not load {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
+            "If this machine is offline: on a connected machine run "
+            f"`hf download {name} --local-dir <DIR>`, copy <DIR> here and pass its path; or set "
+            "HF_HUB_OFFLINE=1 to use a copy already in the local Hugging Face cache. "
+            f"Without any download, use '{TINY_MODEL_NAME}' (the course's own tiny DeepSeek-V3)."
+        ) from exc
+    if tokenizer.pad_token is None:
+        logger.warning(
+            "%s has no pad token; using EOS for padding. Mask padding by attention_mask, not by token id, "
+            "or the model never learns to emit EOS.", name,
+        )
+        tokenizer.pad_token = tokenizer.eos_token
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny random checkpoints of the architectures DeepSeek users fine-tune (for tests and recipes)
+# ---------------------------------------------------------------------------------------------
+
+#: model_type -> (what it stands for, tiny config values). All share hidden 64 and 2 layers.
+TINY_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "deepseek_v3": ("DeepSeek-V3 / R1 (MLA + MoE)", dict(
+        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+        first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=32,
+        kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_shared_experts=1,
+        n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, num_nextn_predict_layers=0)),
+    "deepseek_v2": ("DeepSeek-V2-Lite (MLA without query compression + MoE)", dict(
+        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+        first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=None,
+        kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_shared_experts=1,
+        n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, topk_method="greedy")),
+    "llama": ("deepseek-coder / deepseek-llm (Llama architecture)", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4)),
+    "qwen2": ("DeepSeek-R1-Distill-Qwen (Qwen2 architecture)", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2)),
+}
+
+
+def save_tiny_random(
+    model_type: str, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None, seed: int = 0
+) -> Path:
+    """Save a tiny randomly initialised checkpoint of ``model_type`` (with a tokenizer) to ``directory``.
+
+    Stands in for a real checkpoint of the same architecture where none can be downloaded; the
+    loading, LoRA and training code paths are the ones a real checkpoint takes.
+    """
+    from transformers import AutoConfig
+
+    if model_type not in TINY_ARCHITECTURES:
+        raise ValueError(f"unknown model_type {model_type!r}; choose from {sorted(TINY_ARCHITECTURES)}")
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(base_model_path())
+    values = dict(TINY_ARCHITECTURES[model_type][1])
+    values.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = AutoConfig.for_model(model_type, **values)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    directory = Path(directory)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _num_experts(config: Any) -> int | None:
+    for key in ("n_routed_experts", "num_experts", "num_local_experts"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return None
+
+
+def lora_target_modules(model: nn.Module) -> list[str]:
+    """The ``nn.Linear`` module names inside the decoder layers that LoRA should adapt.
+
+    Read from the module tree, so it is right for each architecture: MLA's ``q_a_proj``,
+    ``q_b_proj``, ``kv_a_proj_with_mqa``, ``kv_b_proj``, ``o_proj`` in DeepSeek-V3; a plain
+    ``q_proj`` in V2-Lite; ``q_proj``/``k_proj``/``v_proj`` in the Llama and Qwen2 models. MoE
+    routers are left out (adapting the router changes which experts train); so are ``lm_head``
+    and embeddings. Routed experts stored as fused 3-D tensors are not modules: see
+    ``lora_target_parameters``.
+    """
+    n_experts = _num_experts(getattr(model, "config", None))
+    names: list[str] = []
+    for full, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or ".layers." not in f".{full}.":
+            continue
+        leaf = full.rsplit(".", 1)[-1]
+        if n_experts is not None and module.out_features == n_experts and "gate" in leaf:
+            continue  # an MoE router implemented as a Linear (e.g. Mixtral, Qwen-MoE)
+        if leaf not in names:
+            names.append(leaf)
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers under '.layers.' to adapt with LoRA")
+    return names
+
+
+def lora_target_parameters(model: nn.Module) -> list[str]:
+    """Names (relative to a decoder layer) of fused routed-expert weights, for peft's ``target_parameters``.
+
+    In transformers 5, DeepSeek's routed experts are 3-D parameters such as
+    ``mlp.experts.gate_up_proj`` (experts × 2·inter × hidden), not ``nn.Linear`` modules, so they are
+    targeted with ``LoraConfig(target_parameters=[...])``. Empty for dense models.
+    """
+    names: list[str] = []
+    for full, param in model.named_parameters():
+        if param.dim() != 3 or ".experts." not in full or ".layers." not in full:
+            continue
+        rel = full.split(".layers.", 1)[1].split(".", 1)[1]
+        if rel not in names:
+            names.append(rel)
+    return names

@@ -1,0 +1,27 @@
+"""Shared fixtures. The base model is built once per machine (cached, file-locked)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def base_dir():
+    """Directory of the pretrained course base model (built on first use, about 3 minutes)."""
+    from dsnb.modeling import base_model_path
+
+    return base_model_path()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(base_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base_dir)
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    from dsnb.corpus import course_corpus
+
+    return course_corpus()
