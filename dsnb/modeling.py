@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -40,9 +40,11 @@ from transformers import (
     TrainingArguments,
 )
 
+from dsnb.architecture import expert_load
 from dsnb.cache import atomic_directory, build_lock, cache_dir, write_json_atomic
 from dsnb.corpus import Corpus, course_corpus, unigram_entropy
 from dsnb.progress import LineProgress
+from dsnb.routing import ExpertBiasBalancer, load_imbalance
 from dsnb.tokenizer import save_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,9 @@ class PretrainConfig:
     weight_decay: float = 0.1
     eval_every: int = 50
     eval_blocks: int = 96
+    #: DeepSeek-V3's balancing-bias step (``dsnb.routing.ExpertBiasBalancer``); DeepSeek used 0.001 over
+    #: trillions of tokens, a 400-step run needs a larger step to balance at all. 0 turns balancing off.
+    bias_update_rate: float = 0.005
     seed: int = 0
 
 
@@ -236,20 +241,24 @@ def pretrain(directory: str | Path, corpus: Corpus | None = None, cfg: PretrainC
     model = DeepseekV3ForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     loss_before = heldout_loss(model, test)
+    balancer = ExpertBiasBalancer(model, cfg.bias_update_rate) if cfg.bias_update_rate > 0 else None
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(
             model=model,
             args=_training_args(tmp, cfg),
             train_dataset=_Blocks(train),
             eval_dataset=_Blocks(val),
-            callbacks=[LineProgress("pretraining")],
+            callbacks=[LineProgress("pretraining")] + ([balancer] if balancer else []),
         )
         trainer.remove_callback(PrinterCallback)  # LineProgress prints instead of a dict per log
         t1 = time.perf_counter()
         trainer.train()
         t_train = time.perf_counter() - t1
+    if balancer:
+        balancer.remove()
     loss_after = heldout_loss(model, test)
     entropy = unigram_entropy(test.flatten().tolist())
+    imbalance = load_imbalance(expert_load(model, test[: cfg.eval_blocks])).tolist()
     report = {
         "corpus_fingerprint": corpus.fingerprint,
         "pretrain_config": asdict(cfg),
@@ -261,6 +270,7 @@ def pretrain(directory: str | Path, corpus: Corpus | None = None, cfg: PretrainC
         "test_loss_after": loss_after,
         "test_unigram_entropy": entropy,
         "test_perplexity": math.exp(loss_after),
+        "expert_load_imbalance": imbalance,
         "seconds_tokenizer": t_tok,
         "seconds_training": t_train,
         "log_history": trainer.state.log_history,
@@ -319,9 +329,19 @@ def pretraining_report(path: str | Path | None = None) -> dict:
     return json.loads((path / REPORT).read_text())
 
 
+def pretraining_curves(report: dict) -> tuple[list[dict], list[dict]]:
+    """The training-loss and eval-loss points (step, loss) logged while pretraining."""
+    history = report["log_history"]
+    train = [{"step": h["step"], "train loss": h["loss"]} for h in history if "loss" in h]
+    evals = [{"step": h["step"], "validation loss": h["eval_loss"]} for h in history if "eval_loss" in h]
+    return train, evals
+
+
 def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", os.sep, 1)[1:] \
-        or name.count("/") != 1 or Path(name).expanduser().exists()
+    """A local path (existing, or written like one) rather than a hub id such as ``org/name``."""
+    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or "\\" in name:
+        return True
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is None
 
 
 def load_model(
@@ -428,6 +448,12 @@ def save_tiny_random(
     directory = Path(directory)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
+    # AutoTokenizer may pick the architecture's own tokenizer class (e.g. Qwen2Tokenizer adds
+    # "<|endoftext|>"): size the embeddings for the tokenizer that loading will really return.
+    reloaded = AutoTokenizer.from_pretrained(directory)
+    if len(reloaded) != config.vocab_size:
+        model.resize_token_embeddings(len(reloaded))
+        model.save_pretrained(directory, safe_serialization=True)
     return directory
 
 

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+from dsnb.architecture import (
+    expert_load,
+    forward_flops,
+    kv_cache_per_token,
+    measured_kv_cache_bytes,
+    parameter_breakdown,
+)
+from dsnb.modeling import tiny_deepseek_config
+
+
+@pytest.fixture(scope="module")
+def eager_model():
+    torch.manual_seed(0)
+    cfg = tiny_deepseek_config()
+    cfg._attn_implementation = "eager"  # every matmul visible to torch's flop counter
+    cfg._experts_implementation = "eager"
+    return DeepseekV3ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("seq_len", [16, 96])
+def test_forward_flops_match_torch_flop_counter(eager_model, seq_len):
+    x = torch.randint(0, 4096, (2, seq_len))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        eager_model(input_ids=x)
+    assert forward_flops(eager_model.config, seq_len, batch=2)["total"] == counter.get_total_flops()
+
+
+def test_parameter_breakdown_sums_and_active_share(eager_model):
+    rows = {r["component"]: r for r in parameter_breakdown(eager_model)}
+    total = sum(p.numel() for p in eager_model.parameters())
+    assert rows["total"]["parameters"] == total
+    assert sum(r["parameters"] for k, r in rows.items() if k != "total") == total
+    cfg = eager_model.config
+    routed = rows["routed experts"]
+    assert routed["active per token"] == routed["parameters"] * cfg.num_experts_per_tok // cfg.n_routed_experts
+    assert {"attention", "router", "shared experts", "dense MLP", "embeddings"} <= set(rows)
+
+
+def test_kv_cache_formula_matches_what_the_model_caches(eager_model):
+    n = 40
+    measured = measured_kv_cache_bytes(eager_model, torch.randint(0, 4096, (1, n)))
+    assert measured / n == kv_cache_per_token(eager_model.config, bytes_per_element=4)["MLA bytes per token (all layers)"]
+
+
+def test_kv_cache_of_published_deepseek_v3():
+    full = DeepseekV3Config()  # transformers' defaults are DeepSeek-V3's published shape
+    kv = kv_cache_per_token(full)
+    assert kv["MLA elements per token per layer"] == 512 + 64
+    assert kv["MHA elements per token per layer"] == 128 * (192 + 128)
+    assert kv["MLA bytes per token (all layers)"] == 576 * 61 * 2
+
+
+def test_expert_load_counts_every_routed_token(eager_model):
+    x = torch.randint(0, 4096, (2, 30))
+    mask = torch.ones_like(x)
+    mask[1, 20:] = 0
+    load = expert_load(eager_model, x, attention_mask=mask)
+    cfg = eager_model.config
+    assert load.shape == (cfg.num_hidden_layers - cfg.first_k_dense_replace, cfg.n_routed_experts)
+    assert (load.sum(dim=1) == int(mask.sum()) * cfg.num_experts_per_tok).all()
+
+
+def test_flops_reject_unknown_attention():
+    with pytest.raises(ValueError):
+        forward_flops(tiny_deepseek_config(), 8, attention="linear")

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from dsnb.course import main, notebooks_in, render, run_course
+
+
+def _write(path, code: str, params: str = "N = 3"):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_notebooks_in_order_and_error(tmp_path):
+    for name in ("01_b.ipynb", "00_a.ipynb", "notes.ipynb"):
+        _write(tmp_path / name, "x = 1")
+    assert [p.name for p in notebooks_in(tmp_path)] == ["00_a.ipynb", "01_b.ipynb"]
+    with pytest.raises(FileNotFoundError, match="no numbered notebooks"):
+        notebooks_in(tmp_path / "empty")
+
+
+def test_run_course_measures_each_notebook_and_reports_failures(tmp_path):
+    _write(tmp_path / "00_ok.ipynb", "data = bytearray(50 * 2**20)\nassert N == 7")
+    _write(tmp_path / "01_fails.ipynb", "raise RuntimeError('boom')")
+    rows = run_course(tmp_path, tmp_path / "out", parameters={"N": 7})
+    assert [r["ok"] for r in rows] == [True, False]
+    assert rows[0]["peak_mib"] > 50  # the kernel really held the 50 MiB buffer
+    assert (tmp_path / "out" / "00_ok.ipynb").exists()
+    table = render(rows)
+    assert "FAILED" in table and "00_ok.ipynb" in table
+    assert main([str(tmp_path), "--out", str(tmp_path / "out2")]) == 1

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+from pathlib import Path
+
+from dsnb.doctor import Check, library_checks, render, required_versions, run_checks, version_at_least
+
+
+def test_version_comparison():
+    assert version_at_least("2.13.0+cpu", "2.4")
+    assert version_at_least("5.24.0", "5.0")
+    assert not version_at_least("4.30.2", "5.0")
+    assert not version_at_least("2.0.1", "2.4")
+    assert version_at_least("1.0.0rc1", "1.0")
+
+
+def test_required_versions_come_from_pyproject():
+    deps = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {d.split(">=")[0]: d.split(">=")[1] for d in deps if ">=" in d}
+    req = required_versions()
+    assert req["transformers"] == declared["transformers"] and req["torch"] == declared["torch"]
+
+
+def test_old_or_missing_library_says_how_to_fix():
+    checks = library_checks({"transformers": "99.0", "surely-not-installed-pkg": "1.0"})
+    assert [c.ok for c in checks] == [False, False]
+    text = render(checks)
+    assert "pip install -U 'transformers>=99.0'" in text
+    assert "pip install 'surely-not-installed-pkg>=1.0'" in text
+
+
+def test_this_environment_passes():
+    checks = run_checks()
+    failing = [c for c in checks if not c.ok]
+    assert not failing, render(checks)
+    names = {c.name for c in checks}
+    assert {"python", "cpu cores", "ram", "torch", "transformers", "peft", "trl", "cache"} <= names
+    assert any(n.startswith("gpu") for n in names)
+
+
+def test_render_all_ok():
+    assert "Everything the course needs" in render([Check("python", "3.11", True)])

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DeepseekV3ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from dsnb.architecture import expert_load
+from dsnb.modeling import tiny_deepseek_config
+from dsnb.routing import ExpertBiasBalancer, load_imbalance, routers
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    return DeepseekV3ForCausalLM(tiny_deepseek_config(vocab_size=256, num_hidden_layers=2))
+
+
+def test_load_imbalance_values():
+    assert load_imbalance(torch.tensor([[5, 5, 5, 5]])).tolist() == [1.0]
+    assert load_imbalance(torch.tensor([[8, 0, 0, 0], [2, 2, 2, 2]])).tolist() == [4.0, 1.0]
+
+
+def test_bias_moves_against_the_load(model):
+    bal = ExpertBiasBalancer(model, gamma=0.01)
+    (_, router), = routers(model)
+    bal.counts[0] = torch.tensor([10, 0, 2, 2, 2, 2, 2, 4], dtype=torch.float64)  # mean 3
+    bal.update()
+    assert router.e_score_correction_bias.tolist() == pytest.approx([-0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, -0.01])
+    assert bal.counts[0].sum() == 0  # counts reset after each step
+
+
+def test_counts_only_training_forward_passes(model):
+    bal = ExpertBiasBalancer(model)
+    x = torch.randint(0, 256, (2, 16))
+    model.eval()
+    model(input_ids=x)
+    assert bal.counts[0].sum() == 0
+    model.train()
+    model(input_ids=x)
+    assert bal.counts[0].sum() == 2 * 16 * model.config.num_experts_per_tok
+    bal.remove()
+    model(input_ids=x)
+    assert bal.counts[0].sum() == 2 * 16 * model.config.num_experts_per_tok
+
+
+def test_balancing_evens_out_a_skewed_router(model):
+    (_, router), = routers(model)
+    with torch.no_grad():
+        router.e_score_correction_bias[0] = 0.5  # expert 0 is chosen for every token
+    x = torch.randint(0, 256, (4, 32))
+    before = load_imbalance(expert_load(model, x)).item()
+    bal = ExpertBiasBalancer(model, gamma=0.02)
+    model.train()
+    with torch.no_grad():
+        for _ in range(60):
+            model(input_ids=x)
+            bal.update()
+    after = load_imbalance(expert_load(model, x)).item()
+    assert before == 4.0 and after < 2.0  # every token picks expert 0 -> 4x the mean of 8 experts, top-2
+
+
+def test_dense_model_has_nothing_to_balance(caplog):
+    dense = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    bal = ExpertBiasBalancer(dense)
+    assert bal.routers == [] and "nothing to balance" in caplog.text
