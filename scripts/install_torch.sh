@@ -18,7 +18,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     "$PY" -m pip install "torch>=2.4"
 elif "$PY" -m pip install --no-deps --no-index "torch==${TORCH_VERSION}" >/dev/null 2>&1; then
     echo "install_torch: no GPU, installed the local CPU wheel of torch ${TORCH_VERSION}"
-    "$PY" -m pip install "torch==${TORCH_VERSION}"   # its dependencies
+    "$PY" -m pip install -q "torch==${TORCH_VERSION}"   # its dependencies
 else
     echo "install_torch: no GPU, installing the CPU build from PyTorch's CPU index"
     "$PY" -m pip install "torch==${TORCH_VERSION}" \
