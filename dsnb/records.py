@@ -1,0 +1,280 @@
+"""Loading training data from files and validating every record against its type's schema.
+
+The course reads five record types, each a flat JSON-like shape:
+
+===============  ===========================================================================
+record type      fields
+===============  ===========================================================================
+``pretraining``  ``text`` (str)
+``instruction``  ``instruction`` (str), ``output`` (str), optional ``input`` (str)
+``chat``         ``messages``: a list of ``{"role": system|user|assistant, "content": str}``
+``preference``   ``prompt`` (str), ``chosen`` (str), ``rejected`` (str), chosen != rejected
+``image_text``   ``image`` (a path, relative to the data file) and ``text`` (str)
+===============  ===========================================================================
+
+Extra fields are allowed (metadata such as ``source`` or ``complexity``) and kept.
+
+``load_records`` reads JSONL, JSON (a top-level array), Parquet, or a folder of ``.txt`` files and
+returns a ``datasets.Dataset``. JSON and JSONL are parsed line by line with the standard library so
+that a broken line is reported with its exact line number (the ``datasets`` JSON loader only says
+*that* the file is broken); Parquet and text folders go through ``datasets.load_dataset``. A bad
+record raises ``DataValidationError`` naming file, line and problem; with ``skip_bad_rows=True``
+the bad rows are left out and every one of them is still listed in ``LoadResult.errors`` (and
+logged). Taught in notebook 02; every later notebook loads its data through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+
+#: Required fields (name -> Python type) of each record type; optional fields below.
+SCHEMAS: dict[str, dict[str, type]] = {
+    "pretraining": {"text": str},
+    "instruction": {"instruction": str, "output": str},
+    "chat": {"messages": list},
+    "preference": {"prompt": str, "chosen": str, "rejected": str},
+    "image_text": {"image": str, "text": str},
+}
+OPTIONAL: dict[str, dict[str, type]] = {"instruction": {"input": str}}
+RECORD_TYPES = tuple(SCHEMAS)
+FORMATS = ("jsonl", "json", "parquet", "text")
+
+
+class DataValidationError(ValueError):
+    """One or more records are malformed; ``errors`` lists each (file, line, problem)."""
+
+    def __init__(self, errors: list[RecordError]):
+        self.errors = errors
+        shown = "\n".join(f"  {e}" for e in errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        super().__init__(
+            f"{len(errors)} malformed record(s):\n{shown}{more}\n"
+            "Fix these rows, or pass skip_bad_rows=True to leave them out (each is still reported)."
+        )
+
+
+@dataclass(frozen=True)
+class RecordError:
+    """A malformed record: where it is (file and 1-based line, or row for Parquet) and what is wrong."""
+
+    file: str
+    line: int
+    problem: str
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.problem}" if self.unit == "line" else (
+            f"{self.file} {self.unit} {self.line}: {self.problem}")
+
+
+@dataclass
+class LoadResult:
+    """What ``load_records`` read: the valid rows as a ``datasets.Dataset`` and every error found."""
+
+    dataset: datasets.Dataset
+    record_type: str
+    path: str
+    rows_in: int
+    errors: list[RecordError] = field(default_factory=list)
+
+    @property
+    def rows_kept(self) -> int:
+        return len(self.dataset)
+
+
+def validate_record(record: Any, record_type: str, base_dir: str | Path | None = None) -> list[str]:
+    """The problems of one record against the schema of ``record_type`` (an empty list if it is valid).
+
+    For ``image_text`` records the image path is resolved against ``base_dir`` and must exist.
+    Taught in notebook 02.
+    """
+    if record_type not in SCHEMAS:
+        raise ValueError(f"unknown record type {record_type!r}; use one of {RECORD_TYPES}")
+    if not isinstance(record, dict):
+        return [f"expected a JSON object, got {type(record).__name__}"]
+    problems = []
+    for name, typ in SCHEMAS[record_type].items():
+        if name not in record or record[name] is None:
+            problems.append(f"missing required field {name!r}")
+        elif not isinstance(record[name], typ):
+            problems.append(f"field {name!r} should be {typ.__name__}, got {type(record[name]).__name__}")
+        elif typ is str and not record[name].strip():
+            problems.append(f"field {name!r} is empty")
+    for name, typ in OPTIONAL.get(record_type, {}).items():
+        if record.get(name) is not None and not isinstance(record[name], typ):
+            problems.append(f"field {name!r} should be {typ.__name__}, got {type(record[name]).__name__}")
+    if problems:
+        return problems
+    if record_type == "chat":
+        problems += _chat_problems(record["messages"])
+    elif record_type == "preference" and record["chosen"].strip() == record["rejected"].strip():
+        problems.append("'chosen' and 'rejected' are the same text")
+    elif record_type == "image_text" and base_dir is not None and not (Path(base_dir) / record["image"]).is_file():
+        problems.append(f"image file {record['image']!r} not found next to the data file")
+    return problems
+
+
+def _chat_problems(messages: list) -> list[str]:
+    if not messages:
+        return ["'messages' is empty"]
+    problems = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+            problems.append(f"message {i} must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.80}")
+    if not problems and not any(m["role"] == "assistant" for m in messages):
+        problems.append("no 'assistant' message: nothing to train on")
+    return problems
+
+
+def samples_dir() -> Path:
+    """The repository's ``data_samples`` folder: one small file per record type and a broken file.
+
+    Found next to the package in a source checkout (``pip install -e .``), as the course installs it.
+    """
+    path = Path(__file__).resolve().parent.parent / "data_samples"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found: data_samples/ ships with the course repository; run from a "
+                                "checkout installed with `pip install -e .`")
+    return path
+
+
+def detect_format(path: str | Path) -> str:
+    """The file format of ``path`` from its suffix (a directory is a folder of ``.txt`` files)."""
+    path = Path(path)
+    if path.is_dir():
+        return "text"
+    suffix = path.suffix.lower()
+    fmt = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".txt": "text"}.get(suffix)
+    if fmt is None:
+        raise ValueError(f"cannot tell the format of {path} from its suffix; pass fmt= one of {FORMATS}")
+    return fmt
+
+
+def _jsonl_rows(path: Path) -> tuple[list[tuple[int, Any]], list[RecordError]]:
+    rows, errors = [], []
+    with open(path, encoding="utf-8", errors="strict") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue  # blank lines are not records
+            try:
+                rows.append((lineno, json.loads(line.rstrip("\r\n"))))
+            except json.JSONDecodeError as exc:
+                errors.append(RecordError(str(path), lineno, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+    return rows, errors
+
+
+def _json_array_rows(path: Path) -> tuple[list[tuple[int, Any]], list[RecordError]]:
+    """Elements of a top-level JSON array, each with the line it starts on."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return [], [RecordError(str(path), exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})")]
+    if not isinstance(data, list):
+        return [], [RecordError(str(path), 1, f"expected a top-level JSON array, got {type(data).__name__}")]
+    decoder, rows, pos = json.JSONDecoder(), [], text.index("[") + 1
+    for _ in data:
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        value, end = decoder.raw_decode(text, pos)
+        rows.append((text.count("\n", 0, pos) + 1, value))
+        pos = end
+    return rows, []
+
+
+def _check_rows(rows, path: Path, record_type: str, unit: str = "line"):
+    good, errors = [], []
+    for lineno, record in rows:
+        problems = validate_record(record, record_type, base_dir=path.parent)
+        if problems:
+            errors.append(RecordError(str(path), lineno, "; ".join(problems), unit))
+        else:
+            good.append(record)
+    return good, errors
+
+
+def _from_rows(rows: list[dict]) -> datasets.Dataset:
+    """A Dataset with the union of the rows' fields (a field missing from a row becomes None)."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(r))
+    return datasets.Dataset.from_list([{k: r.get(k) for k in keys} for r in rows])
+
+
+def _finish(path, record_type, rows_in, errors, skip_bad_rows, make_dataset) -> LoadResult:
+    if errors and not skip_bad_rows:
+        raise DataValidationError(errors)
+    for e in errors:
+        logger.warning("skipped malformed record %s", e)
+    result = LoadResult(make_dataset(), record_type, str(path), rows_in, errors)
+    logger.info("%s: %d rows in, %d kept, %d skipped as malformed", path, rows_in, result.rows_kept, len(errors))
+    return result
+
+
+def load_records(
+    path: str | Path, record_type: str, *, fmt: str | None = None, skip_bad_rows: bool = False
+) -> LoadResult:
+    """Load and validate a data file (JSONL, JSON array, Parquet) or a folder of ``.txt`` files.
+
+    Raises ``DataValidationError`` listing every malformed record (file, line, problem) unless
+    ``skip_bad_rows`` is true; then the valid rows are returned and each bad one is in
+    ``LoadResult.errors``. A folder of text files gives one ``pretraining`` record per file.
+    Taught in notebook 02.
+    """
+    path = Path(path)
+    if record_type not in SCHEMAS:
+        raise ValueError(f"unknown record type {record_type!r}; use one of {RECORD_TYPES}")
+    if not path.exists():
+        raise FileNotFoundError(f"data file {path} does not exist; check the path (relative to {Path.cwd()})")
+    fmt = fmt or detect_format(path)
+    if fmt in ("jsonl", "json"):
+        rows, errors = (_jsonl_rows if fmt == "jsonl" else _json_array_rows)(path)
+        good, bad = _check_rows(rows, path, record_type)
+        errors = sorted(errors + bad, key=lambda e: e.line)
+        return _finish(path, record_type, len(rows) + len(errors) - len(bad), errors, skip_bad_rows,
+                       lambda: _from_rows(good))
+    if fmt == "parquet":
+        ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        good, errors = _check_rows(((i, r) for i, r in enumerate(ds, start=1)), path, record_type, unit="row")
+        bad_rows = {e.line - 1 for e in errors}
+        return _finish(path, record_type, len(ds), errors, skip_bad_rows,
+                       lambda: ds.select([i for i in range(len(ds)) if i not in bad_rows]))
+    if fmt == "text":
+        return _load_text_folder(path, record_type, skip_bad_rows)
+    raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
+
+
+def _load_text_folder(path: Path, record_type: str, skip_bad_rows: bool) -> LoadResult:
+    if record_type != "pretraining":
+        raise ValueError("a folder of text files holds 'pretraining' records (one per file)")
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"no .txt files in {path}; put one document per .txt file there")
+    good, errors = [], []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            errors.append(RecordError(str(f), 1, f"not UTF-8 text ({exc.reason} at byte {exc.start})"))
+            continue
+        if not text.strip():
+            errors.append(RecordError(str(f), 1, "file is empty"))
+            continue
+        good.append(str(f))
+
+    def make() -> datasets.Dataset:
+        if not good:
+            return datasets.Dataset.from_dict({"text": []})
+        return datasets.load_dataset("text", data_files=good, sample_by="document", split="train")
+
+    return _finish(path, record_type, len(files), errors, skip_bad_rows, make)
