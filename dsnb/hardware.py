@@ -1,0 +1,407 @@
+"""What machine is this, and will a training plan fit on a given set of GPUs?
+
+- ``probe()``: OS, Python and library versions, CPU cores, RAM, and every GPU's name, memory,
+  compute capability and bf16 support (a CPU-only machine reports "no GPU" and carries on).
+- ``GPUS`` / ``gpu_spec``: the cards the article talks about (RTX 4090 24 GB, A100 40/80 GB,
+  H100 80 GB) or a custom one.
+- ``fits(model, plan, gpu)``: does the plan fit when 20% of each GPU's memory is kept free (the
+  article's own rule, claim C31)? If not, the cheapest change that makes it fit.
+- ``article_hardware_claims()`` / ``version_checks()``: the verdicts on claims C03, C05, C06, C07,
+  C11 and C08 that notebook 00 shows.
+
+Taught in notebook 00.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import inspect
+import itertools
+import os
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from dsnb.memory import GiB, TrainingPlan, _as_shape, estimate_training_memory
+
+MiB = 2**20
+#: Fraction of each GPU's memory kept free for the CUDA context, fragmentation and spikes (claim C31).
+RESERVE = 0.20
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """A GPU model: name, memory in bytes, bf16 support."""
+
+    name: str
+    memory_bytes: int
+    bf16: bool = True
+
+    @property
+    def memory_gib(self) -> float:
+        return self.memory_bytes / GiB
+
+
+#: Memory as ``nvidia-smi`` reports it (MiB), for the cards the article and the course discuss.
+GPUS: dict[str, GPUSpec] = {
+    "RTX 4090": GPUSpec("RTX 4090", 24564 * MiB),
+    "A100 40GB": GPUSpec("A100 40GB", 40960 * MiB),
+    "A100 80GB": GPUSpec("A100 80GB", 81920 * MiB),
+    "H100 80GB": GPUSpec("H100 80GB", 81559 * MiB),
+}
+
+
+def gpu_spec(gpu: str | GPUSpec | float) -> GPUSpec:
+    """A ``GPUSpec`` from a catalogue name (``"A100 80GB"``), a spec, or a memory size in GiB (custom)."""
+    if isinstance(gpu, GPUSpec):
+        return gpu
+    if isinstance(gpu, int | float):
+        return GPUSpec(f"custom {gpu:g} GiB", int(gpu * GiB))
+    if gpu not in GPUS:
+        raise ValueError(f"unknown GPU {gpu!r}; choose from {sorted(GPUS)} or pass its memory in GiB")
+    return GPUS[gpu]
+
+
+@dataclass
+class GPUInfo:
+    """One GPU found on this machine."""
+
+    index: int
+    name: str
+    memory_bytes: int
+    capability: str
+    bf16: bool
+
+
+@dataclass
+class HardwareReport:
+    """What ``probe()`` found. ``to_markdown()`` renders it as a table."""
+
+    os: str
+    python: str
+    libraries: dict[str, str]
+    cpu_cores: int
+    ram_bytes: int
+    torch_build: str
+    cuda_version: str | None
+    gpus: list[GPUInfo] = field(default_factory=list)
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpus)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(item, value) pairs, one per line of the report."""
+        rows = [("OS", self.os), ("Python", self.python), ("CPU cores", str(self.cpu_cores)),
+                ("RAM", f"{self.ram_bytes / GiB:.1f} GiB"), ("torch build", self.torch_build)]
+        rows += [(name, version) for name, version in self.libraries.items()]
+        if not self.gpus:
+            rows.append(("GPU", "no GPU: the course runs on CPU with its defaults"))
+        for g in self.gpus:
+            rows.append((f"GPU {g.index}", f"{g.name}, {g.memory_bytes / GiB:.1f} GiB, compute {g.capability}, "
+                                           f"bf16 {'yes' if g.bf16 else 'no (use fp32 or a newer card)'}"))
+        if self.cuda_version:
+            rows.append(("CUDA", self.cuda_version))
+        return rows
+
+    def to_markdown(self) -> str:
+        """The report as a two-column markdown table."""
+        lines = ["| item | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in self.rows()]
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+
+def probe(libraries: tuple[str, ...] | None = None) -> HardwareReport:
+    """Probe this machine: OS, Python, library versions, CPU, RAM and GPUs (notebook 00)."""
+    import psutil
+    import torch
+
+    from dsnb.doctor import KEY_LIBRARIES
+
+    libs = {}
+    for name in libraries or KEY_LIBRARIES:
+        try:
+            libs[name] = md.version(name)
+        except md.PackageNotFoundError:
+            libs[name] = "not installed"
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            gpus.append(GPUInfo(i, p.name, int(p.total_memory), f"{p.major}.{p.minor}", p.major >= 8))
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+    return HardwareReport(
+        os=f"{platform.system()} {platform.release()} ({platform.machine()})",
+        python=platform.python_version(),
+        libraries=libs,
+        cpu_cores=os.cpu_count() or 1,
+        ram_bytes=int(psutil.virtual_memory().total),
+        torch_build=f"torch {torch.__version__} ({build})",
+        cuda_version=torch.version.cuda if gpus else None,
+        gpus=gpus,
+    )
+
+
+@dataclass
+class FitVerdict:
+    """Whether ``plan`` fits on ``num_gpus`` × ``gpu`` with the reserve kept free, and the cheapest fix."""
+
+    model: str
+    plan: TrainingPlan
+    gpu: GPUSpec
+    need_bytes: float
+    usable_bytes: float
+    cpu_bytes: float
+    fix: str | None = None
+    fix_plan: TrainingPlan | None = None
+    fix_need_bytes: float | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.need_bytes <= self.usable_bytes
+
+    def row(self) -> dict[str, Any]:
+        """A table row in GiB."""
+        return {
+            "model": self.model, "plan": self.plan.describe(), "GPU": f"{self.plan.num_gpus} × {self.gpu.name}",
+            "need per GPU (GiB)": round(self.need_bytes / GiB, 1),
+            "usable per GPU (GiB)": round(self.usable_bytes / GiB, 1),
+            "fits": "yes" if self.fits else "no",
+            "cheapest change that fits": "-" if self.fits else (self.fix or "nothing tried fits"),
+        }
+
+
+def _changes(plan: TrainingPlan, max_gpus: int) -> list[tuple[str, str, Callable[[TrainingPlan], TrainingPlan]]]:
+    """Single changes, cheapest first, as (group, label, transform); one change per group at most."""
+    out: list[tuple[str, str, Callable[[TrainingPlan], TrainingPlan]]] = []
+    if not plan.gradient_checkpointing:
+        out.append(("ckpt", "gradient checkpointing", lambda p: replace(p, gradient_checkpointing=True)))
+    if plan.micro_batch_size > 1:
+        out.append(("batch", "micro batch 1 + gradient accumulation", lambda p: replace(p, micro_batch_size=1)))
+    if plan.num_gpus > 1 and plan.zero_stage < 3:
+        out.append(("zero", "ZeRO-3", lambda p: replace(p, zero_stage=3)))
+    if plan.offload == "none":
+        out.append(("offload", "ZeRO CPU offload of optimizer states",
+                    lambda p: replace(p, zero_stage=max(p.zero_stage, 2), offload="optimizer")))
+    if plan.method == "full":
+        out.append(("method", f"LoRA r={plan.lora_rank}", lambda p: replace(p, method="lora")))
+    if plan.method != "qlora":
+        out.append(("method", f"QLoRA r={plan.lora_rank}", lambda p: replace(p, method="qlora")))
+    n = plan.num_gpus * 2
+    while n <= max_gpus:
+        out.append(("gpus", f"{n} GPUs with ZeRO-3", lambda p, n=n: replace(p, num_gpus=n, zero_stage=3)))
+        n *= 2
+    return out
+
+
+def fits(model: Any, plan: TrainingPlan | None = None, gpu: str | GPUSpec | float = "A100 80GB",
+         reserve: float = RESERVE, max_gpus: int = 64, **changes: Any) -> FitVerdict:
+    """Does ``plan`` fit on ``plan.num_gpus`` GPUs of type ``gpu`` keeping ``reserve`` of each free?
+
+    If not, find the cheapest change that makes it fit. Single changes are ranked, cheapest first:
+    gradient checkpointing (~30% more compute), micro batch 1 with gradient accumulation (same
+    effective batch, slower), ZeRO-3 on the GPUs you have (communication), CPU offload of optimizer
+    states (needs CPU RAM, slower steps), LoRA, QLoRA (change the method: fewer trained weights),
+    then more GPUs (money). The first single change that fits wins; if none does, combinations
+    are tried, fewest changes first and then cheapest by rank (e.g. "gradient checkpointing +
+    QLoRA r=16"), never two of one kind (LoRA and QLoRA, two GPU counts).
+    """
+    spec = gpu_spec(gpu)
+    plan = replace(plan or TrainingPlan(), **changes)
+    usable = spec.memory_bytes * (1 - reserve)
+    shape = _as_shape(model)
+    est = estimate_training_memory(shape, plan)
+    verdict = FitVerdict(shape.name, plan, spec, est.total, usable, est.cpu_offloaded)
+    if verdict.fits:
+        return verdict
+    options = list(enumerate(_changes(plan, max_gpus)))
+    for size in range(1, len(options) + 1):
+        combos = sorted(itertools.combinations(options, size), key=lambda c: sum(i for i, _ in c))
+        for combo in combos:
+            groups = [g for _, (g, _, _) in combo]
+            if len(set(groups)) < len(groups):
+                continue
+            candidate = plan
+            for _, (_, _, change) in combo:
+                candidate = change(candidate)
+            need = estimate_training_memory(shape, candidate).total
+            if need <= usable:
+                verdict.fix = " + ".join(label for _, (_, label, _) in combo)
+                verdict.fix_plan, verdict.fix_need_bytes = candidate, need
+                return verdict
+    return verdict
+
+
+# ---------------------------------------------------------------------------------------------
+# The article's hardware claims (C03, C05, C06, C07, C11) and its software pins (C08)
+# ---------------------------------------------------------------------------------------------
+
+def _saving(a: float, b: float) -> float:
+    return 1 - b / a
+
+
+def article_hardware_claims(seq_len: int = 2048, lora_rank: int = 16) -> list[dict[str, Any]]:
+    """One row per hardware claim: the plan we assumed, the estimate, whether it fits, what would.
+
+    Models: the Llama-style 13B/65B shapes the article's sizes refer to and deepseek-coder-6.7b
+    for the percentage claims (configs under ``configs/models``). ``seq_len`` is not given by
+    the article; 2048 is assumed (the parameters cell of notebook 00 can change it).
+    """
+    rows = []
+    base = TrainingPlan(precision="bf16-mixed", seq_len=seq_len, lora_rank=lora_rank)
+
+    # C03: mixed precision vs fp32, same plan
+    m = "deepseek-coder-6.7b-base"
+    fp32 = estimate_training_memory(m, base, precision="fp32", micro_batch_size=4)
+    mixed = estimate_training_memory(m, base, micro_batch_size=4)
+    pure = estimate_training_memory(m, base, precision="bf16-pure", micro_batch_size=4)
+    lora32 = estimate_training_memory(m, base, method="lora", precision="fp32", micro_batch_size=4)
+    lora16 = estimate_training_memory(m, base, method="lora", micro_batch_size=4)
+    rows.append({
+        "id": "C03", "claim": "FP16/BF16 mixed precision lowers GPU memory by 45%",
+        "how": f"estimate, {m}, batch 4 × {seq_len}, AdamW: fp32 vs bf16-mixed vs pure bf16, full and LoRA",
+        "measured": (f"full: {fp32.total / GiB:.0f} → {mixed.total / GiB:.0f} GiB ({_saving(fp32.total, mixed.total):.0%}; "
+                     f"weights+grads+optimizer {_saving(fp32.model_states, mixed.model_states):.0%}, activations "
+                     f"{_saving(fp32.activations, mixed.activations):.0%}); pure bf16 "
+                     f"{_saving(fp32.total, pure.total):.0%}; LoRA {_saving(lora32.total, lora16.total):.0%}"),
+        "saving_full": _saving(fp32.total, mixed.total), "saving_pure": _saving(fp32.total, pure.total),
+        "saving_lora": _saving(lora32.total, lora16.total),
+        "verdict": "partly: mixed precision keeps 16 bytes per trained parameter (no saving on model states); "
+                   "it halves activations and frozen weights, so ~45% needs LoRA-like or activation-heavy plans",
+    })
+
+    # C05 / C06: the hardware combinations
+    for cid, claim, model, gpu, n in (("C05", "2× RTX 4090 (24 GB) can train a 13B model", "llama-13b", "RTX 4090", 2),
+                                      ("C06", "4× A100 80 GB can handle a 65B model", "llama-65b", "A100 80GB", 4)):
+        plan = replace(base, zero_stage=3, num_gpus=n, gradient_checkpointing=True)
+        v = fits(model, plan, gpu)
+        lora = fits(model, replace(plan, method="lora"), gpu)
+        qlora = fits(model, replace(plan, method="qlora", num_gpus=1, zero_stage=0), gpu)
+        rows.append({
+            "id": cid, "claim": claim,
+            "how": f"estimate, {model} full fine-tuning, bf16-mixed AdamW, ZeRO-3 over {n} GPUs, checkpointing, "
+                   f"batch 1 × {seq_len}, 20% reserve",
+            "measured": (f"full: {v.need_bytes / GiB:.0f} GiB per GPU of {v.usable_bytes / GiB:.0f} usable; "
+                         f"cheapest fix: {v.fix} ({(v.fix_need_bytes or 0) / GiB:.0f} GiB"
+                         + (f", {estimate_training_memory(model, v.fix_plan).cpu_offloaded / GiB:.0f} GiB CPU RAM"
+                            if v.fix_plan is not None and v.fix_plan.offload != "none" else "") + "); "
+                         f"LoRA ZeRO-3: {lora.need_bytes / GiB:.0f} GiB; QLoRA on 1 GPU: {qlora.need_bytes / GiB:.0f} GiB"),
+            "fits_full": v.fits, "fits_lora": lora.fits, "fits_qlora_1gpu": qlora.fits, "fix": v.fix,
+            "verdict": ("true for full fine-tuning" if v.fits else f"false for full fine-tuning (fits only with {v.fix})")
+                       + "; "
+                       + ("true with LoRA + ZeRO-3" if lora.fits else "false even with LoRA")
+                       + ("; QLoRA fits on one card" if qlora.fits else ""),
+        })
+
+    # C07: gradient checkpointing
+    m = "deepseek-coder-6.7b-base"
+    rows_c07 = {}
+    for method in ("full", "lora"):
+        off = estimate_training_memory(m, base, method=method, micro_batch_size=4)
+        on = estimate_training_memory(m, base, method=method, micro_batch_size=4, gradient_checkpointing=True)
+        rows_c07[method] = (off, on)
+    (f_off, f_on), (l_off, l_on) = rows_c07["full"], rows_c07["lora"]
+    rows.append({
+        "id": "C07", "claim": "Gradient checkpointing saves 70% of GPU memory",
+        "how": f"estimate, {m}, bf16-mixed, batch 4 × {seq_len}, checkpointing off vs on",
+        "measured": (f"activations −{_saving(f_off.activations, f_on.activations):.0%}; total: full "
+                     f"−{_saving(f_off.total, f_on.total):.0%}, LoRA −{_saving(l_off.total, l_on.total):.0%}"),
+        "saving_activations": _saving(f_off.activations, f_on.activations),
+        "saving_full": _saving(f_off.total, f_on.total), "saving_lora": _saving(l_off.total, l_on.total),
+        "verdict": "depends on the plan: it removes most activation memory, so the total drops by ~70% only "
+                   "when activations dominate (LoRA, long sequences); for full fine-tuning much less",
+    })
+
+    # C11: the batch layouts
+    for model, n, b, gpu in (("llama-13b", 8, 16, "A100 80GB"), ("llama-65b", 4, 8, "A100 80GB")):
+        plan = replace(base, zero_stage=3, num_gpus=n, micro_batch_size=b, gradient_checkpointing=True)
+        v = fits(model, plan, gpu)
+        rows.append({
+            "id": "C11", "claim": f"{model}: {n} GPUs × {b} per GPU" + (" with ZeRO-3" if n == 4 else ""),
+            "how": f"estimate, full bf16-mixed AdamW, ZeRO-3, checkpointing, {n} × {gpu}, {b} × {seq_len} tokens per GPU",
+            "measured": f"{v.need_bytes / GiB:.0f} GiB per GPU of {v.usable_bytes / GiB:.0f} usable"
+                        + ("" if v.fits else f"; cheapest fix: {v.fix} ({(v.fix_need_bytes or 0) / GiB:.0f} GiB)"),
+            "fits_full": v.fits, "fix": v.fix,
+            "verdict": "fits" if v.fits else "does not fit as stated",
+        })
+    return rows
+
+
+#: The article's software pins (claim C08).
+ARTICLE_PINS = {"python": "3.10", "torch": "2.0.1", "transformers": "4.30.0", "datasets": "2.12.0"}
+#: First transformers release with ``models/deepseek_v3``: checked by listing the PyPI wheels of
+#: transformers 4.50.0 (absent) and 4.51.0 (present) when this module was written.
+DEEPSEEK_V3_FIRST_TRANSFORMERS = "4.51.0"
+
+
+def _transformers_min_torch() -> str | None:
+    try:
+        from transformers.utils import import_utils
+
+        m = re.search(r'"(\d+\.\d+(?:\.\d+)?)"', inspect.getsource(import_utils.is_torch_available))
+        return m.group(1) if m else None
+    except Exception:  # noqa: BLE001 - a missing detail only removes one line of the table
+        return None
+
+
+def version_checks() -> list[dict[str, Any]]:
+    """Claim C08, checked: the article's pins against what the installed stack requires and provides.
+
+    Every "needs" value is read from installed metadata or source (``dsnb`` itself via
+    ``dsnb.doctor.required_versions``, transformers' ``Requires-Python`` and its torch gate), and
+    every feature is probed on the installed packages.
+    """
+    from dsnb.doctor import required_versions, version_at_least
+
+    need = required_versions()
+    rows = []
+    tf_python = (md.metadata("transformers").get("Requires-Python") or "").replace(">=", "")
+    py_ok = version_at_least(ARTICLE_PINS["python"], tf_python) if tf_python else None
+    rows.append({"item": "python", "article pin": ARTICLE_PINS["python"], "course needs": f">={tf_python}",
+                 "installed": platform.python_version(), "pin works": py_ok,
+                 "why": f"installed transformers declares Requires-Python >={tf_python}"})
+    torch_min = max([v for v in (need.get("torch"), _transformers_min_torch()) if v], key=lambda v: tuple(
+        int(x) for x in v.split(".")))
+    rows.append({"item": "torch", "article pin": ARTICLE_PINS["torch"], "course needs": f">={torch_min}",
+                 "installed": md.version("torch"), "pin works": version_at_least(ARTICLE_PINS["torch"], torch_min),
+                 "why": f"transformers disables PyTorch below {_transformers_min_torch()}; dsnb requires >={need.get('torch')}"})
+    import transformers
+
+    has_v3 = hasattr(transformers, "DeepseekV3ForCausalLM")
+    fused = False
+    if has_v3:
+        from transformers.models.deepseek_v3 import modeling_deepseek_v3 as mv3
+
+        fused = "gate_up_proj" in inspect.getsource(mv3.DeepseekV3Experts.__init__)
+    rows.append({"item": "transformers", "article pin": ARTICLE_PINS["transformers"],
+                 "course needs": f">={need.get('transformers')}", "installed": transformers.__version__,
+                 "pin works": version_at_least(ARTICLE_PINS["transformers"], need.get("transformers", "0")),
+                 "why": f"DeepseekV3ForCausalLM here: {has_v3} (first in {DEEPSEEK_V3_FIRST_TRANSFORMERS}); "
+                        f"routed experts fused as 3-D tensors: {fused}"})
+    ds_hub = [r for r in (md.requires("datasets") or []) if r.startswith("huggingface-hub")]
+    rows.append({"item": "datasets", "article pin": ARTICLE_PINS["datasets"], "course needs": f">={need.get('datasets')}",
+                 "installed": md.version("datasets"),
+                 "pin works": version_at_least(ARTICLE_PINS["datasets"], need.get("datasets", "0")),
+                 "why": f"must share huggingface-hub with transformers ({', '.join(ds_hub) or 'no bound'} here)"})
+    try:
+        from peft import LoraConfig
+
+        target_params = "target_parameters" in LoraConfig.__dataclass_fields__
+        rows.append({"item": "peft", "article pin": "(none)", "course needs": f">={need.get('peft')}",
+                     "installed": md.version("peft"), "pin works": None,
+                     "why": f"LoraConfig(target_parameters=...) for fused experts available: {target_params}"})
+    except ImportError:
+        pass
+    rows.append({"item": "DeepSeek repo `pip install -e .`", "article pin": "github.com/deepseek-ai/DeepSeek",
+                 "course needs": "nothing", "installed": "-", "pin works": None,
+                 "why": "not checkable offline; the course loads every DeepSeek model through transformers' Auto classes"})
+    return rows
+
+
+__all__ = ["GPUSpec", "GPUS", "gpu_spec", "GPUInfo", "HardwareReport", "probe", "FitVerdict", "fits", "RESERVE",
+           "article_hardware_claims", "version_checks", "ARTICLE_PINS"]

@@ -1,0 +1,83 @@
+"""dsnb.hardware: the probe, the GPU catalogue, the fit verdict and the claim tables."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dsnb.hardware import (
+    GPUS,
+    RESERVE,
+    article_hardware_claims,
+    fits,
+    gpu_spec,
+    probe,
+    version_checks,
+)
+from dsnb.memory import GiB, TrainingPlan, estimate_training_memory
+
+
+def test_probe_reports_this_machine():
+    report = probe()
+    assert report.cpu_cores >= 1 and report.ram_bytes > 0
+    assert "transformers" in report.libraries
+    md = report.to_markdown()
+    assert md.startswith("| item | value |")
+    if torch.cuda.is_available():
+        assert report.has_gpu and report.gpus[0].memory_bytes > 0
+    else:
+        assert not report.has_gpu and "no GPU" in md
+
+
+def test_gpu_catalogue_and_custom():
+    assert gpu_spec("RTX 4090").memory_gib == pytest.approx(24, abs=0.1)
+    assert gpu_spec("A100 80GB").memory_gib == 80
+    assert gpu_spec(48).memory_bytes == 48 * GiB
+    assert {"RTX 4090", "A100 40GB", "A100 80GB", "H100 80GB"} <= set(GPUS)
+    with pytest.raises(ValueError, match="choose from"):
+        gpu_spec("GTX 1080")
+
+
+def test_reserve_is_twenty_percent():
+    plan = TrainingPlan(method="qlora", gradient_checkpointing=True, seq_len=512)
+    need = estimate_training_memory("deepseek-coder-1.3b-base", plan).total
+    assert RESERVE == 0.2
+    assert fits("deepseek-coder-1.3b-base", plan, gpu=need / 0.8 / GiB * 1.001).fits
+    assert not fits("deepseek-coder-1.3b-base", plan, gpu=need / 0.8 / GiB * 0.999).fits
+
+
+def test_cheapest_fix_is_found_and_fits():
+    v = fits("llama-13b", TrainingPlan(seq_len=1024), gpu="A100 80GB")
+    assert not v.fits
+    assert v.fix is not None and v.fix_need_bytes <= v.usable_bytes
+    # the fix is the first single change, in the documented order, that fits
+    assert v.fix == "ZeRO CPU offload of optimizer states"
+    small = fits("deepseek-coder-1.3b-base", TrainingPlan(micro_batch_size=8, seq_len=4096), gpu="RTX 4090")
+    assert not small.fits and small.fix == "gradient checkpointing + ZeRO CPU offload of optimizer states"
+    row = small.row()
+    assert row["fits"] == "no" and row["cheapest change that fits"] == small.fix
+    nothing = fits("llama-65b", TrainingPlan(), gpu="RTX 4090", max_gpus=1)
+    assert nothing.fix is None and nothing.row()["cheapest change that fits"] == "nothing tried fits"
+
+
+def test_combined_fix_when_no_single_change_is_enough():
+    v = fits("llama-13b", TrainingPlan(micro_batch_size=4, seq_len=2048), gpu="RTX 4090", max_gpus=1)
+    assert not v.fits and v.fix == "gradient checkpointing + QLoRA r=16"
+    assert v.fix_need_bytes <= v.usable_bytes
+
+
+def test_article_claim_rows():
+    rows = article_hardware_claims()
+    assert [r["id"] for r in rows] == ["C03", "C05", "C06", "C07", "C11", "C11"]
+    c03, c05, c06, c07 = rows[:4]
+    assert c03["saving_full"] < 0.45 < c03["saving_lora"]  # mixed precision: no saving on model states
+    assert not c05["fits_full"] and c05["fits_lora"] and c05["fits_qlora_1gpu"]
+    assert not c06["fits_full"] and c06["fits_lora"]
+    assert c07["saving_activations"] > 0.85 and c07["saving_full"] < 0.7
+
+
+def test_version_checks_show_the_article_pins_fail():
+    rows = {r["item"]: r for r in version_checks()}
+    assert rows["transformers"]["pin works"] is False
+    assert rows["torch"]["pin works"] is False
+    assert "DeepseekV3ForCausalLM here: True" in rows["transformers"]["why"]
