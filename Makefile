@@ -1,13 +1,16 @@
 # The two commands of the course: `make course` and `make test` (plus `make lab`).
 # Each one creates .venv if needed and installs everything it needs first.
-PYTHON ?= python3
+# The first Python 3.11 or 3.12 found (transformers 5.24 needs 3.11+); override with PYTHON=...
+PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
+	  $$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null && echo $$p && break; done)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dsnb-installed
 
-.PHONY: setup course test lint lab clean-cache
+.PHONY: setup base-model course test lint lab clean-cache
 
 $(STAMP): pyproject.toml scripts/install_torch.sh
+	@test -n "$(PYTHON)" || { echo 'Need Python 3.11 or 3.12 (python3.11 / python3.12 on PATH, or PYTHON=/path/to/python).'; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	scripts/install_torch.sh $(BIN)/python
@@ -18,13 +21,18 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 setup: $(STAMP)
 	scripts/install_apt.sh
 
-course: setup
+# The course's base model (built once, about 3 minutes on 2 cores, then cached): built here so
+# its progress shows in the terminal rather than inside a test or a notebook.
+base-model: setup
+	$(BIN)/python -c "from dsnb.modeling import base_model_path; print(base_model_path())"
+
+course: base-model
 	$(BIN)/python -m dsnb.course notebooks
 
 lint: setup
 	$(BIN)/ruff check dsnb tests benchmarks notebooks
 
-test: lint
+test: lint base-model
 	$(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=900
 
 lab: setup

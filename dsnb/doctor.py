@@ -39,7 +39,7 @@ def required_versions(package: str = "dsnb") -> dict[str, str]:
     return out
 
 
-SUPPORTED_PYTHON = ((3, 10), (3, 12))
+SUPPORTED_PYTHON = ((3, 11), (3, 12))  # transformers 5.24 and TRL 1.16 need 3.11
 
 
 @dataclass

@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
+import tomllib
 from pathlib import Path
 
 from dsnb.doctor import Check, library_checks, render, required_versions, run_checks, version_at_least

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import re
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -41,4 +38,4 @@ def test_environment_yml_mirrors_pyproject():
 
 def test_python_requirement():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["requires-python"] == ">=3.10,<3.13"
+    assert project["requires-python"] == ">=3.11,<3.13"
