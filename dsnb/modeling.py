@@ -472,7 +472,8 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     ``q_proj`` in V2-Lite; ``q_proj``/``k_proj``/``v_proj`` in the Llama and Qwen2 models. MoE
     routers are left out (adapting the router changes which experts train); so are ``lm_head``
     and embeddings. Routed experts stored as fused 3-D tensors are not modules: see
-    ``lora_target_parameters``.
+    ``lora_target_parameters``. Apply them with ``dsnb.lora.apply_lora``: a plain peft
+    ``get_peft_model`` rewrites the MLP names on DeepSeek-V2/V3 (see ``dsnb.lora``).
     """
     n_experts = _num_experts(getattr(model, "config", None))
     names: list[str] = []
