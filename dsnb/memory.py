@@ -65,6 +65,8 @@ Taught in notebook 00.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -641,30 +643,44 @@ def measure_model_state_bytes(model: Any, optimizer: Any) -> dict[str, int]:
             "model_states": weights + grads + states}
 
 
-def measure_activation_bytes(model: Any, **inputs: Any) -> dict[str, Any]:
-    """Bytes autograd saves for backward during one forward pass (the CPU activation measurement).
+@contextmanager
+def saved_tensor_bytes(model: Any) -> Iterator[dict[str, int]]:
+    """Count the bytes autograd saves for backward inside this block (the CPU activation measurement).
 
     A ``saved_tensors_hooks`` pack hook sees every tensor saved for backward; each storage is
-    counted once and parameters are excluded. Returns ``{"bytes", "tensors", "loss"}``; the forward
-    pass is run with ``inputs`` (e.g. ``input_ids=..., labels=...``) and the graph is freed again.
+    counted once and the model's parameters are excluded. The yielded dict holds ``bytes`` and
+    ``tensors`` and is filled in as the forward pass runs.
     """
     import torch
 
     params = {_storage_bytes(p)[0] for p in model.parameters()}
     seen: dict[int, int] = {}
+    counts = {"bytes": 0, "tensors": 0}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         ptr, nbytes = _storage_bytes(t)
         if ptr not in params and ptr not in seen:
             seen[ptr] = nbytes
+            counts["bytes"] += nbytes
+            counts["tensors"] += 1
         return t
 
-    model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield counts
+
+
+def measure_activation_bytes(model: Any, **inputs: Any) -> dict[str, Any]:
+    """Bytes autograd saves for backward during one forward pass (see ``saved_tensor_bytes``).
+
+    Returns ``{"bytes", "tensors", "loss"}``; the forward pass is run with ``inputs`` (e.g.
+    ``input_ids=..., labels=...``) and the graph is freed again.
+    """
+    model.train()
+    with saved_tensor_bytes(model) as counts:
         out = model(**inputs)
     loss = float(out.loss.detach()) if getattr(out, "loss", None) is not None else None
     del out
-    return {"bytes": sum(seen.values()), "tensors": len(seen), "loss": loss}
+    return {**counts, "loss": loss}
 
 
 def tiny_model_check(model: Any = None, *, method: str = "full", precision: str = "fp32", lora_rank: int = 4,

@@ -1,0 +1,197 @@
+"""SFT core: completion-only labels, packing, batch planning, LoRA/freezing, accumulation equivalence."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from dsnb.schedules import warmup_linear_floor_lr
+from dsnb.sft import (
+    BatchSizeError,
+    ConfigError,
+    FinetuneConfig,
+    build_sft_data,
+    build_trainer,
+    chat_messages,
+    count_parameters,
+    effective_batch,
+    freeze_first_layers,
+    moe_block_classes,
+    pack_examples,
+    plan_batch,
+    prepare_model,
+    resolve_precision,
+    set_dropout,
+    to_dataset,
+    tokenize_chat,
+)
+
+
+@pytest.fixture(scope="module")
+def base(base_dir):
+    from dsnb.modeling import load_model
+
+    return load_model(base_dir, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def small_data(corpus, tokenizer):
+    return build_sft_data(corpus.pairs_in("train"), tokenizer, limit=64, max_seq_len=96)
+
+
+def test_labels_cover_exactly_the_answer(corpus, tokenizer):
+    pair = corpus.pairs_in("train")[0]
+    msgs = chat_messages(pair, "summary")
+    enc = tokenize_chat(msgs, tokenizer)
+    answer = [t for t, lab in zip(enc["input_ids"], enc["labels"], strict=True) if lab != -100]
+    assert tokenizer.decode(answer) == pair.summary + tokenizer.eos_token
+    # everything before the answer is masked, and the prompt is a prefix of the full conversation
+    first = next(i for i, lab in enumerate(enc["labels"]) if lab != -100)
+    assert all(lab == -100 for lab in enc["labels"][:first])
+    assert enc["input_ids"][0] == tokenizer.bos_token_id
+
+
+def test_next_line_task_is_deterministic(corpus):
+    pairs = corpus.pairs_in("train")[:50]
+    a = [chat_messages(p, "next_line") for p in pairs]
+    b = [chat_messages(p, "next_line") for p in pairs]
+    assert a == b
+    made = [m for m in a if m is not None]
+    assert made and all(m[-1]["content"].strip() for m in made)
+
+
+def test_build_reports_what_it_removed(corpus, tokenizer):
+    data = build_sft_data(corpus.pairs_in("validation"), tokenizer, max_seq_len=48)
+    assert data.removed["longer than max_seq_len"] > 0
+    assert all(len(e["input_ids"]) <= 48 for e in data.examples)
+    rep = data.report()
+    assert rep["examples"] == len(data) and rep["label tokens"] < rep["tokens"]
+
+
+def test_packing_keeps_every_label(small_data):
+    packed = pack_examples(small_data.examples, 128)
+    assert len(packed) < len(small_data.examples)
+    assert all(len(p["input_ids"]) <= 128 for p in packed)
+    flat = [t for p in packed for t in p["labels"]]
+    assert flat == [t for e in small_data.examples for t in e["labels"]]
+
+
+def test_batch_planning():
+    assert effective_batch(2, 4, 1) == effective_batch(4, 1, 2) == 8
+    assert plan_batch(8, 2, 1) == 4
+    assert plan_batch(8, 2, 2) == 2
+    with pytest.raises(BatchSizeError, match="multiple of the 2 processes"):
+        plan_batch(7, 1, 2)
+    with pytest.raises(BatchSizeError, match="per_device_batch_size"):
+        plan_batch(12, 4, 2)
+    cfg = FinetuneConfig(global_batch_size=8, per_device_batch_size=2)
+    assert cfg.accumulation_for(1) == 4 and cfg.accumulation_for(4) == 1
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config keys"):
+        FinetuneConfig.from_dict({"lerning_rate": 1.0})
+    with pytest.raises(ConfigError):
+        FinetuneConfig(method="qlora")
+    with pytest.raises(ConfigError):
+        FinetuneConfig(learning_rate=1e-6, min_learning_rate=1e-5)
+    with pytest.raises(ConfigError, match="does not exist"):
+        FinetuneConfig.from_yaml(tmp_path / "missing.yaml")
+    assert resolve_precision("fp32") == "fp32"
+    if not torch.cuda.is_available():
+        assert resolve_precision("auto") == "fp32"
+        with pytest.raises(ConfigError, match="CUDA"):
+            resolve_precision("fp16")
+
+
+def test_training_arguments_map_one_to_one(tmp_path):
+    cfg = FinetuneConfig(output_dir=str(tmp_path), max_steps=100, learning_rate=3e-5, min_learning_rate=1e-6,
+                         per_device_batch_size=4, gradient_accumulation_steps=2, label_smoothing=0.1,
+                         gradient_checkpointing=True)
+    args = cfg.training_arguments(processes=1)
+    assert args.per_device_train_batch_size == 4 and args.gradient_accumulation_steps == 2
+    assert args.learning_rate == 3e-5 and args.label_smoothing_factor == 0.1
+    assert args.lr_scheduler_type == "polynomial" and args.lr_scheduler_kwargs["lr_end"] == 1e-6
+    assert args.warmup_steps == 5  # 500/10000 of 100 steps
+    assert args.activation_checkpointing
+
+
+def test_lora_and_freezing(base):
+    model, _ = base
+    lora_model, info = prepare_model(copy.deepcopy(model), FinetuneConfig(method="lora"))
+    assert 0 < info["trainable"] < 0.2 * info["total"]
+    names = [n for n, p in lora_model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    assert not any(".experts." in n for n in names)  # MoE routed experts stay untouched by default
+    assert any(".layers.0.mlp.gate_proj." in n for n in names)  # the dense MLP of the first layer
+    assert any(".shared_experts.down_proj." in n for n in names)  # and the shared experts
+    experts, info_e = prepare_model(copy.deepcopy(model), FinetuneConfig(method="lora", lora_experts=True))
+    assert info_e["trainable"] > info["trainable"]
+    assert any(".experts." in n for n, p in experts.named_parameters() if p.requires_grad)
+    frozen_model = copy.deepcopy(model)
+    frozen = freeze_first_layers(frozen_model, 2)
+    assert any(".layers.1." in n for n in frozen) and not any(".layers.2." in n for n in frozen)
+    counts = count_parameters(frozen_model)
+    assert counts["trainable"] < counts["total"]
+    with pytest.raises(ConfigError):
+        freeze_first_layers(copy.deepcopy(model), 99)
+    with pytest.raises(ConfigError, match="expects a 'llama'"):
+        prepare_model(model, FinetuneConfig(model_type="llama"))
+
+
+def test_dropout_override_and_moe_blocks(base):
+    model = copy.deepcopy(base[0])
+    set_dropout(model, 0.2)
+    assert model.config.attention_dropout == 0.2
+    assert [c.__name__ for c in moe_block_classes(model)] == ["DeepseekV3MoE"]
+
+
+class _GradCatcher(TrainerCallback):
+    def __init__(self, model):
+        self.model = model
+        self.grads = None
+        self.losses = []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None}
+
+
+def _first_step_grads(base, data, tmp_path, per_device, accumulation):
+    model = copy.deepcopy(base[0])
+    cfg = FinetuneConfig(output_dir=str(tmp_path / f"b{per_device}"), max_steps=1, eval_steps=None,
+                         per_device_batch_size=per_device, gradient_accumulation_steps=accumulation,
+                         extra_training_arguments={"max_grad_norm": 0.0})
+    catcher = _GradCatcher(model)
+    trainer = build_trainer(cfg, model, base[1], to_dataset(data.examples), callbacks=[catcher], progress=False)
+    trainer.train()
+    return catcher.grads
+
+
+def test_accumulation_4x2_equals_batch_8(base, small_data, tmp_path):
+    """Claim C14: with token-count normalisation over the whole accumulated batch, the gradients agree."""
+    big = _first_step_grads(base, small_data, tmp_path, 8, 1)
+    acc = _first_step_grads(base, small_data, tmp_path, 2, 4)
+    assert big.keys() == acc.keys() and big
+    for name in big:
+        torch.testing.assert_close(acc[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_micro_batches_differ_in_answer_tokens(small_data):
+    """Why the normalisation matters: averaging per-micro-batch means would weight tokens unequally."""
+    counts = [sum(sum(t != -100 for t in e["labels"][1:]) for e in small_data.examples[i:i + 2]) for i in range(0, 8, 2)]
+    assert len(set(counts)) > 1
+
+
+def test_trainer_lr_follows_the_schedule(base, small_data, tmp_path):
+    model = copy.deepcopy(base[0])
+    cfg = FinetuneConfig(output_dir=str(tmp_path), max_steps=8, eval_steps=None, logging_steps=1,
+                         per_device_batch_size=2, learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=3)
+    trainer = build_trainer(cfg, model, base[1], to_dataset(small_data.examples), progress=False)
+    trainer.train()
+    logged = [(r["step"], r["learning_rate"]) for r in trainer.state.log_history if "learning_rate" in r]
+    for step, lr in logged:  # the LR logged at step s was used for optimizer step s-1
+        assert lr == pytest.approx(warmup_linear_floor_lr(step - 1, 1e-3, 3, 8, 1e-5), rel=1e-6)

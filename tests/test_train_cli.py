@@ -1,0 +1,60 @@
+"""The command line runs the same training on one process and on two (torchrun, DDP over gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dsnb.train import parse_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "sft" / "tiny.yaml"
+COMMON = dict(global_batch_size=8, per_device_batch_size=2, max_steps=3, eval_steps="null", save_steps="null",
+              train_examples=64, eval_examples=8, max_seq_len=80)
+
+
+def _sets(out: Path, **extra) -> list[str]:
+    args = []
+    for k, v in {**COMMON, "output_dir": out, **extra}.items():
+        args += ["--set", f"{k}={v}"]
+    return args
+
+
+def test_parse_overrides():
+    assert parse_overrides(["max_steps=3", "method=lora", "eval_steps=null", "tasks=[summary]"]) == {
+        "max_steps": 3, "method": "lora", "eval_steps": None, "tasks": ["summary"]}
+    with pytest.raises(SystemExit):
+        parse_overrides(["oops"])
+
+
+def test_two_processes_match_single_process_effective_batch(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, "-m", "dsnb.train", str(TINY), *_sets(one)], check=True, env=env, cwd=ROOT,
+                   capture_output=True, timeout=300)
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    two = tmp_path / "two"
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "dsnb.train", str(TINY),
+                           *_sets(two)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((one / "results.json").read_text())
+    b = json.loads((two / "results.json").read_text())
+    assert (a["processes"], a["accumulation"]) == (1, 4)
+    assert (b["processes"], b["accumulation"]) == (2, 2)
+    assert a["effective_batch"] == b["effective_batch"] == 8
+    assert a["steps"] == b["steps"] == 3
+    assert "effective batch 8 = 2 per device x 2 accumulation x 2 processes" in proc.stdout
+
+
+def test_global_batch_not_divisible_by_processes_is_rejected(tmp_path):
+    env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c",
+                           "from dsnb.sft import FinetuneConfig; FinetuneConfig(global_batch_size=7).training_arguments()"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "not a multiple of the 2 processes" in proc.stderr
