@@ -58,3 +58,18 @@ def test_global_batch_not_divisible_by_processes_is_rejected(tmp_path):
                            "from dsnb.sft import FinetuneConfig; FinetuneConfig(global_batch_size=7).training_arguments()"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "not a multiple of the 2 processes" in proc.stderr
+
+
+def test_runs_under_accelerate_launch(tmp_path):
+    """``accelerate launch`` starts the same CLI; on CPU it starts one process (even when asked for 2), and the
+    printed effective batch shows it: the global batch is kept by accumulating more."""
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    out = tmp_path / "acc"
+    proc = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dsnb.train", str(TINY),
+                           *_sets(out)], env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "results.json").read_text())
+    assert (r["processes"], r["accumulation"], r["effective_batch"], r["steps"]) == (1, 4, 8, 3)
+    assert "effective batch 8 = 2 per device x 4 accumulation x 1 process" in proc.stdout
