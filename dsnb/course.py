@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def notebooks_in(directory: str | Path) -> list[Path]:
@@ -71,6 +77,26 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_parameters(pairs: list[list[str]] | list[tuple[str, str]]) -> dict[str, Any]:
+    """``[("SEQ_LEN", "4096"), ("REBUILD", "false")]`` -> ``{"SEQ_LEN": 4096, "REBUILD": False}``.
+
+    Values are read as YAML (numbers, booleans, null, lists), as papermill's own ``-y`` does; anything
+    else stays a string (``deepseek-ai/deepseek-coder-1.3b-base``). Python spellings ``True``/``False``/
+    ``None`` are accepted too.
+    """
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if not name.isidentifier():
+            raise SystemExit(f"-p {name} {value}: {name!r} is not a parameter name (use the names in the "
+                             "notebook's parameters cell)")
+        value = {"True": "true", "False": "false", "None": "null"}.get(value, value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str) and _NUMBER.fullmatch(parsed):  # YAML 1.1 reads "1e-5" as a string
+            parsed = float(parsed)
+        out[name] = parsed
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", nargs="?", default="notebooks")
@@ -82,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(_execute_one(Path(args.one), Path(args.out), json.loads(args.params))))
         return 0
-    rows = run_course(args.directory, args.out, dict(args.parameter))
+    rows = run_course(args.directory, args.out, parse_parameters(args.parameter))
     print(render(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 

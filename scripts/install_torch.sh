@@ -15,7 +15,7 @@ if "$PY" -c "import torch" 2>/dev/null; then
 fi
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "install_torch: NVIDIA GPU found, installing the CUDA build from PyPI"
-    "$PY" -m pip install "torch>=2.4"
+    "$PY" -m pip install "torch>=2.13"
 elif "$PY" -m pip install --no-deps --no-index "torch==${TORCH_VERSION}" >/dev/null 2>&1; then
     echo "install_torch: no GPU, installed the local CPU wheel of torch ${TORCH_VERSION}"
     "$PY" -m pip install -q "torch==${TORCH_VERSION}"   # its dependencies

@@ -33,3 +33,14 @@ def test_run_course_measures_each_notebook_and_reports_failures(tmp_path):
     table = render(rows)
     assert "FAILED" in table and "00_ok.ipynb" in table
     assert main([str(tmp_path), "--out", str(tmp_path / "out2")]) == 1
+
+
+def test_command_line_parameters_keep_their_types():
+    from dsnb.course import parse_parameters
+
+    got = parse_parameters([("SEQ_LEN", "4096"), ("REBUILD", "False"), ("LR", "1e-5"), ("KEEP", "true"),
+                            ("MODEL", "deepseek-ai/deepseek-coder-1.3b-base"), ("LIMIT", "None")])
+    assert got == {"SEQ_LEN": 4096, "REBUILD": False, "LR": 1e-5, "KEEP": True,
+                   "MODEL": "deepseek-ai/deepseek-coder-1.3b-base", "LIMIT": None}
+    with pytest.raises(SystemExit, match="not a parameter name"):
+        parse_parameters([("model-name", "x")])
