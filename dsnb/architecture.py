@@ -4,7 +4,8 @@ Everything here is computed from the config or measured on the real module tree,
 same for the course's tiny DeepSeek-V3 and for a published checkpoint's config:
 
 - ``parameter_breakdown``   parameters per component, total and *active* per token (MoE)
-- ``kv_cache_per_token``    cache elements per token: MLA's latent vs standard multi-head attention
+- ``kv_cache_per_token``    cache elements per token (MLA's latent, or GQA/MHA keys and values) vs
+                             standard multi-head attention of the same shape
 - ``measured_kv_cache_bytes`` what the model's cache really holds after a forward pass
 - ``forward_flops``         matmul FLOPs of one forward pass, from the config (checked against
                              ``torch.utils.flop_counter`` in the tests), with ``attention="mha"`` for
@@ -75,28 +76,34 @@ def parameter_breakdown(model: nn.Module) -> list[dict]:
 
 
 def kv_cache_per_token(config: Any, bytes_per_element: int = 2) -> dict:
-    """Cache size per token for MLA and for standard multi-head attention of the same shape.
+    """Cache size per token of this model's attention, and of standard multi-head attention of the same shape.
 
-    MLA caches one shared latent of ``kv_lora_rank`` values plus the ``qk_rope_head_dim`` rotary
-    key part per layer; standard attention caches a key (``qk_nope + qk_rope`` values) and a value
-    (``v_head_dim``) for every head. ``bytes_per_element`` is 2 for bf16/fp16 caches.
+    MLA (DeepSeek-V2/V3) caches one shared latent of ``kv_lora_rank`` values plus the
+    ``qk_rope_head_dim`` rotary key part per layer; multi-head attention caches a key and a value for
+    every head; grouped-query attention (Llama, Qwen2) for every key/value head only.
+    ``bytes_per_element`` is 2 for bf16/fp16 caches. Works on DeepSeek-V2/V3, Llama and Qwen2 configs.
     """
     layers = _get(config, "num_hidden_layers")
     heads = _get(config, "num_attention_heads")
-    rope = _get(config, "qk_rope_head_dim")
-    nope = _get(config, "qk_nope_head_dim")
-    v = _get(config, "v_head_dim")
+    if layers is None or heads is None:
+        raise ValueError("config lacks num_hidden_layers / num_attention_heads: pass a transformers config "
+                         "(e.g. model.config) or its dict")
     latent = _get(config, "kv_lora_rank")
-    if latent is None:
-        raise ValueError("config has no kv_lora_rank: it is not a multi-head-latent-attention model")
-    mla = latent + rope
-    mha = heads * ((nope + rope) + v)
+    if latent is not None:
+        rope, nope, v = _get(config, "qk_rope_head_dim"), _get(config, "qk_nope_head_dim"), _get(config, "v_head_dim")
+        kind, cached, mha = "MLA", latent + rope, heads * ((nope + rope) + v)
+    else:
+        head_dim = _get(config, "head_dim") or _get(config, "hidden_size") // heads
+        kv_heads = _get(config, "num_key_value_heads") or heads
+        kind = "MHA" if kv_heads == heads else "GQA"
+        cached, mha = 2 * kv_heads * head_dim, 2 * heads * head_dim
     return {
-        "MLA elements per token per layer": mla,
+        "attention": kind,
+        "cache elements per token per layer": cached,
         "MHA elements per token per layer": mha,
-        "MLA bytes per token (all layers)": mla * layers * bytes_per_element,
+        "cache bytes per token (all layers)": cached * layers * bytes_per_element,
         "MHA bytes per token (all layers)": mha * layers * bytes_per_element,
-        "MLA / MHA": mla / mha,
+        "cache / MHA": cached / mha,
     }
 
 

@@ -46,7 +46,7 @@ class LineProgress(TrainerCallback):
             elapsed = time.perf_counter() - self._start
             rate = state.global_step / elapsed if elapsed > 0 else float("nan")
             eta = (state.max_steps - state.global_step) / rate if rate > 0 else float("nan")
-            loss = f" loss {self._last_loss:.3f}" if self._last_loss is not None else ""
+            loss = f" last logged loss {self._last_loss:.3f}" if self._last_loss is not None else ""
             self._print(
                 f"{self.label}: step {state.global_step}/{state.max_steps}{loss} "
                 f"{rate:.2f} steps/s elapsed {_fmt_seconds(elapsed)} ETA {_fmt_seconds(eta)}"

@@ -26,8 +26,13 @@ def routers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def load_imbalance(load: torch.Tensor) -> torch.Tensor:
-    """Busiest expert's load divided by the mean load, per layer (1.0 = perfectly balanced)."""
+    """Busiest expert's load divided by the mean load, per layer (1.0 = perfectly balanced).
+
+    Empty for an empty load (a dense model has no MoE layers).
+    """
     load = load.float()
+    if load.numel() == 0:
+        return load.new_zeros(load.shape[:-1])
     return load.max(dim=-1).values / load.mean(dim=-1).clamp_min(1e-9)
 
 

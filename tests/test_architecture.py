@@ -46,15 +46,15 @@ def test_parameter_breakdown_sums_and_active_share(eager_model):
 def test_kv_cache_formula_matches_what_the_model_caches(eager_model):
     n = 40
     measured = measured_kv_cache_bytes(eager_model, torch.randint(0, 4096, (1, n)))
-    assert measured / n == kv_cache_per_token(eager_model.config, bytes_per_element=4)["MLA bytes per token (all layers)"]
+    assert measured / n == kv_cache_per_token(eager_model.config, bytes_per_element=4)["cache bytes per token (all layers)"]
 
 
 def test_kv_cache_of_published_deepseek_v3():
     full = DeepseekV3Config()  # transformers' defaults are DeepSeek-V3's published shape
     kv = kv_cache_per_token(full)
-    assert kv["MLA elements per token per layer"] == 512 + 64
+    assert kv["attention"] == "MLA" and kv["cache elements per token per layer"] == 512 + 64
     assert kv["MHA elements per token per layer"] == 128 * (192 + 128)
-    assert kv["MLA bytes per token (all layers)"] == 576 * 61 * 2
+    assert kv["cache bytes per token (all layers)"] == 576 * 61 * 2
 
 
 def test_expert_load_counts_every_routed_token(eager_model):
@@ -70,3 +70,18 @@ def test_expert_load_counts_every_routed_token(eager_model):
 def test_flops_reject_unknown_attention():
     with pytest.raises(ValueError):
         forward_flops(tiny_deepseek_config(), 8, attention="linear")
+
+
+@pytest.mark.parametrize("model_type,kind", [("llama", "MHA"), ("qwen2", "GQA")])
+def test_cache_and_routing_on_dense_architectures(model_type, kind, tokenizer, tmp_path):
+    """Notebook 01 runs on a deepseek-coder (Llama) or R1-Distill (Qwen2) checkpoint too."""
+    from dsnb.modeling import load_model, save_tiny_random
+    from dsnb.routing import load_imbalance
+
+    model, _ = load_model(save_tiny_random(model_type, tmp_path / model_type, tokenizer=tokenizer))
+    kv = kv_cache_per_token(model.config, bytes_per_element=4)
+    assert kv["attention"] == kind and (kv["cache / MHA"] == 1.0) == (kind == "MHA")
+    n = 24
+    assert measured_kv_cache_bytes(model, torch.randint(0, 4096, (1, n))) / n == kv["cache bytes per token (all layers)"]
+    load = expert_load(model, torch.randint(0, 4096, (1, n)))
+    assert load.numel() == 0 and load_imbalance(load).numel() == 0

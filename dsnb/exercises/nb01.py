@@ -12,7 +12,7 @@ from dsnb.modeling import TINY_ARCHITECTURES, lora_target_modules
 
 def expected_v3_cache_gib(context: int = 32_768) -> float:
     """GiB of bf16 MLA cache that the full DeepSeek-V3 holds for one sequence of ``context`` tokens."""
-    return kv_cache_per_token(DeepseekV3Config(), bytes_per_element=2)["MLA bytes per token (all layers)"] * context / 2**30
+    return kv_cache_per_token(DeepseekV3Config(), bytes_per_element=2)["cache bytes per token (all layers)"] * context / 2**30
 
 
 def check_v3_cache_gib(answer: float | None, context: int = 32_768) -> bool:
