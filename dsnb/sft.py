@@ -53,7 +53,8 @@ from dsnb.schedules import scaled_warmup_steps, schedule_arguments
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("summary", "next_line")
+TASKS = ("summary", "next_line", "dialogue")
+DEFAULT_TASKS = ("summary", "next_line")
 METHODS = ("full", "lora")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -94,7 +95,7 @@ class FinetuneConfig:
     freeze_first_layers: int = 0  # claim C18: keep the first N decoder layers (and embeddings) fixed
     dropout: float | None = None  # override the model's attention dropout (None keeps it)
     # data
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = DEFAULT_TASKS  # "dialogue" adds notebook 02's cleaned conversations
     max_seq_len: int = 128
     packing: bool = False
     train_examples: int | None = None  # None: every training pair
@@ -378,14 +379,17 @@ class SFTData:
 def build_sft_data(
     pairs: list[InstructionPair],
     tokenizer: PreTrainedTokenizerBase,
-    tasks: tuple[str, ...] = TASKS,
+    tasks: tuple[str, ...] = DEFAULT_TASKS,
     max_seq_len: int = 128,
     limit: int | None = None,
     seed: int = 0,
     split: str = "train",
+    dialogues: list[list[dict[str, str]]] | None = None,
 ) -> SFTData:
-    """Tokenized completion-only examples for ``tasks`` from ``pairs`` (one example per pair and task).
+    """Tokenized completion-only examples for ``tasks`` (one example per pair and task).
 
+    ``summary`` and ``next_line`` are made from ``pairs``; ``dialogue`` takes the conversations in
+    ``dialogues`` as they are (notebook 02's cleaned chat split, see ``load_split``).
     Conversations longer than ``max_seq_len`` tokens are removed (not cut, which would drop the answer)
     and counted in ``removed``, as are pairs a task cannot use. Examples are shuffled with ``seed``;
     ``limit`` keeps the first ``limit`` of them.
@@ -393,8 +397,11 @@ def build_sft_data(
     removed = {"longer than max_seq_len": 0, "no body line to predict": 0}
     rows: list[tuple[str, list[dict[str, str]], dict[str, list[int]]]] = []
     for task in tasks:
-        for pair in pairs:
-            messages = chat_messages(pair, task)
+        if task == "dialogue" and dialogues is None:
+            raise ConfigError("task 'dialogue' needs conversations: pass dialogues=... (e.g. from "
+                              "dsnb.quality.load_prepared('chat', split)) or use dsnb.sft.load_split")
+        for item in (dialogues if task == "dialogue" else pairs):
+            messages = [dict(m) for m in item] if task == "dialogue" else chat_messages(item, task)
             if messages is None:
                 removed["no body line to predict"] += 1
                 continue
@@ -641,16 +648,29 @@ def restore_full_weights(model: nn.Module, checkpoint: str | Path) -> bool:
     return True
 
 
-def load_sft_data(cfg: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, corpus=None) -> tuple[SFTData, SFTData]:
-    """Training (train split) and evaluation (validation split) data for ``cfg``."""
+def load_split(cfg: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, split: str, limit: int | None = None,
+               corpus=None) -> SFTData:
+    """The SFT examples of one corpus split (train, validation or test) for ``cfg.tasks``.
+
+    ``dialogue`` reads the cleaned chat records notebook 02 prepared (``dsnb.quality.load_prepared``,
+    built and cached on first use); the other tasks come from the corpus's instruction pairs.
+    """
     from dsnb.corpus import course_corpus
 
     corpus = corpus or course_corpus()
-    train = build_sft_data(corpus.pairs_in("train"), tokenizer, cfg.tasks, cfg.max_seq_len, cfg.train_examples,
-                           cfg.seed, "train")
-    evald = build_sft_data(corpus.pairs_in("validation"), tokenizer, cfg.tasks, cfg.max_seq_len, cfg.eval_examples,
-                           cfg.seed, "validation")
-    return train, evald
+    dialogues = None
+    if "dialogue" in cfg.tasks:
+        from dsnb.quality import load_prepared, prepare_data
+
+        dialogues = load_prepared("chat", split, prepare_data(corpus))["messages"]
+    return build_sft_data(corpus.pairs_in(split), tokenizer, cfg.tasks, cfg.max_seq_len, limit, cfg.seed, split,
+                          dialogues)
+
+
+def load_sft_data(cfg: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, corpus=None) -> tuple[SFTData, SFTData]:
+    """Training (train split) and evaluation (validation split) data for ``cfg``."""
+    return (load_split(cfg, tokenizer, "train", cfg.train_examples, corpus),
+            load_split(cfg, tokenizer, "validation", cfg.eval_examples, corpus))
 
 
 def run_sft(
@@ -712,11 +732,16 @@ def label_view(example: dict[str, list[int]], tokenizer: PreTrainedTokenizerBase
 
 
 def training_state_bytes(model: nn.Module, bytes_per_param: int = 4) -> dict[str, int]:
-    """Memory of weights, gradients and AdamW's two moment buffers (fp32), activations not included."""
+    """Bytes of weights, gradients and AdamW's states (two fp32 moments and a ``step`` per tensor).
+
+    Counted from the parameters, activations not included; equal to the real tensors after an
+    AdamW step (tested against ``dsnb.memory.measure_model_state_bytes``).
+    """
     counts = count_parameters(model)
     weights = counts["total"] * bytes_per_param
     grads = counts["trainable"] * bytes_per_param
-    adam = counts["trainable"] * 2 * 4
+    tensors = sum(1 for p in model.parameters() if p.requires_grad)
+    adam = counts["trainable"] * 2 * 4 + 4 * tensors
     return {"weights": weights, "gradients": grads, "optimizer": adam, "total": weights + grads + adam}
 
 

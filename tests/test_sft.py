@@ -27,6 +27,7 @@ from dsnb.sft import (
     set_dropout,
     to_dataset,
     tokenize_chat,
+    training_state_bytes,
 )
 
 
@@ -69,6 +70,21 @@ def test_build_reports_what_it_removed(corpus, tokenizer):
     assert all(len(e["input_ids"]) <= 48 for e in data.examples)
     rep = data.report()
     assert rep["examples"] == len(data) and rep["label tokens"] < rep["tokens"]
+
+
+def test_dialogue_task_trains_on_the_cleaned_conversations(corpus, tokenizer):
+    """The 'dialogue' task takes notebook 02's conversations as they are: only the assistant turn is in the loss."""
+    chats = [[{"role": "user", "content": "What is the purpose of parse_qs?"},
+              {"role": "assistant", "content": "parse_qs parses a query string."}],
+             [{"role": "user", "content": "x " * 200}, {"role": "assistant", "content": "too long"}]]
+    data = build_sft_data(corpus.pairs_in("train")[:5], tokenizer, ("summary", "dialogue"), max_seq_len=96,
+                          dialogues=chats)
+    assert data.tasks.count("dialogue") == 1 and data.removed["longer than max_seq_len"] == 1
+    enc = data.examples[data.tasks.index("dialogue")]
+    answer = [t for t, lab in zip(enc["input_ids"], enc["labels"], strict=True) if lab != -100]
+    assert tokenizer.decode(answer) == "parse_qs parses a query string." + tokenizer.eos_token
+    with pytest.raises(ConfigError, match="needs conversations"):
+        build_sft_data(corpus.pairs_in("train")[:5], tokenizer, ("dialogue",))
 
 
 def test_packing_keeps_every_label(small_data):
@@ -195,3 +211,61 @@ def test_trainer_lr_follows_the_schedule(base, small_data, tmp_path):
     logged = [(r["step"], r["learning_rate"]) for r in trainer.state.log_history if "learning_rate" in r]
     for step, lr in logged:  # the LR logged at step s was used for optimizer step s-1
         assert lr == pytest.approx(warmup_linear_floor_lr(step - 1, 1e-3, 3, 8, 1e-5), rel=1e-6)
+
+
+def test_training_state_bytes_equal_the_real_tensors_after_a_step(base):
+    """What notebook 03's weights+grads+AdamW column counts is what exists after an AdamW step (LoRA too)."""
+    from dsnb.memory import measure_model_state_bytes
+
+    for cfg in (FinetuneConfig(), FinetuneConfig(method="lora")):
+        model, _ = prepare_model(copy.deepcopy(base[0]), cfg)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        ids = torch.randint(0, 4096, (2, 16))
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        real = measure_model_state_bytes(model, opt)
+        counted = training_state_bytes(model)
+        assert counted["weights"] == real["weights"] and counted["gradients"] == real["gradients"]
+        assert counted["optimizer"] == real["optimizer_states"]
+
+
+def test_measure_training_step_sees_checkpointing_and_accumulation(base, small_data):
+    from dsnb.sft import data_collator, measure_training_step
+
+    model = copy.deepcopy(base[0])
+    batch = data_collator(base[1])([dict(e) for e in small_data.examples[:8]])
+    plain = measure_training_step(model, batch, "fp32", repeats=1)
+    ckpt = measure_training_step(model, batch, "fp32", gradient_checkpointing=True, repeats=1)
+    acc = measure_training_step(model, batch, "fp32", accumulation=2, repeats=1)
+    assert ckpt["activation MB"] < 0.5 * plain["activation MB"]
+    assert 0.4 < acc["activation MB"] / plain["activation MB"] < 0.6  # one micro-batch of half the size
+    assert plain["seconds/step"] > 0 and not model.is_activation_checkpointing
+
+
+def test_share_query_key_ties_where_the_architecture_allows(base, tokenizer, tmp_path):
+    from dsnb.modeling import load_model, save_tiny_random
+    from dsnb.sft import share_query_key
+
+    llama, _ = load_model(save_tiny_random("llama", tmp_path / "llama", tokenizer=tokenizer))
+    before = count_parameters(llama)["total"]
+    saved = share_query_key(llama)
+    cfg = llama.config
+    assert saved == cfg.hidden_size**2 * cfg.num_hidden_layers == before - count_parameters(llama)["total"]
+    attn = llama.model.layers[0].self_attn
+    assert attn.k_proj.weight is attn.q_proj.weight
+    with pytest.raises(ValueError, match="MLA"):
+        share_query_key(copy.deepcopy(base[0]))
+    qwen, _ = load_model(save_tiny_random("qwen2", tmp_path / "qwen2", tokenizer=tokenizer))
+    with pytest.raises(ValueError, match="grouped-query"):
+        share_query_key(qwen)
+
+
+def test_early_stopping_stops_when_eval_loss_rises(base, small_data, tmp_path):
+    """Notebook 11's control: with patience 1, a learning rate that makes the eval loss worse stops training."""
+    model = copy.deepcopy(base[0])
+    cfg = FinetuneConfig(output_dir=str(tmp_path), max_steps=40, eval_steps=2, early_stopping_patience=1,
+                         per_device_batch_size=4, learning_rate=0.5, min_learning_rate=0.4, warmup_steps=0)
+    ds = to_dataset(small_data.examples)
+    trainer = build_trainer(cfg, model, base[1], ds, eval_dataset=to_dataset(small_data.examples[:8]), progress=False)
+    trainer.train()
+    assert trainer.state.global_step < 40
