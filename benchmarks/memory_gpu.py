@@ -117,7 +117,7 @@ def main() -> int:
         print(f"{case['label']:36s} {est / 2**30:12.2f} {peak / 2**30:12.2f} {ratio:7.3f}  "
               f"{'yes' if within else 'NO'}  ({time.perf_counter() - t0:.0f}s)", flush=True)
     print("all cases within 15%" if ok else "some cases are off by more than 15%: see dsnb/memory.py's accounting")
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -160,6 +160,7 @@ class FitVerdict:
     fix: str | None = None
     fix_plan: TrainingPlan | None = None
     fix_need_bytes: float | None = None
+    fix_cpu_bytes: float = 0.0
 
     @property
     def fits(self) -> bool:
@@ -173,6 +174,7 @@ class FitVerdict:
             "usable per GPU (GiB)": round(self.usable_bytes / GiB, 1),
             "fits": "yes" if self.fits else "no",
             "cheapest change that fits": "-" if self.fits else (self.fix or "nothing tried fits"),
+            "CPU RAM for offload (GiB)": round((self.cpu_bytes if self.fits else self.fix_cpu_bytes) / GiB, 1),
         }
 
 
@@ -200,7 +202,8 @@ def _changes(plan: TrainingPlan, max_gpus: int) -> list[tuple[str, str, Callable
 
 
 def fits(model: Any, plan: TrainingPlan | None = None, gpu: str | GPUSpec | float = "A100 80GB",
-         reserve: float = RESERVE, max_gpus: int = 64, **changes: Any) -> FitVerdict:
+         reserve: float = RESERVE, max_gpus: int = 64, host_ram_gib: float | None = None,
+         **changes: Any) -> FitVerdict:
     """Does ``plan`` fit on ``plan.num_gpus`` GPUs of type ``gpu`` keeping ``reserve`` of each free?
 
     If not, find the cheapest change that makes it fit. Single changes are ranked, cheapest first:
@@ -209,7 +212,9 @@ def fits(model: Any, plan: TrainingPlan | None = None, gpu: str | GPUSpec | floa
     states (needs CPU RAM, slower steps), LoRA, QLoRA (change the method: fewer trained weights),
     then more GPUs (money). The first single change that fits wins; if none does, combinations
     are tried, fewest changes first and then cheapest by rank (e.g. "gradient checkpointing +
-    QLoRA r=16"), never two of one kind (LoRA and QLoRA, two GPU counts).
+    QLoRA r=16"), never two of one kind (LoRA and QLoRA, two GPU counts). With ``host_ram_gib``
+    (CPU RAM of the machine, all GPUs together), a change whose CPU offload needs more is skipped;
+    the row always shows the CPU RAM an offloading plan needs.
     """
     spec = gpu_spec(gpu)
     plan = replace(plan or TrainingPlan(), **changes)
@@ -229,10 +234,13 @@ def fits(model: Any, plan: TrainingPlan | None = None, gpu: str | GPUSpec | floa
             candidate = plan
             for _, (_, _, change) in combo:
                 candidate = change(candidate)
-            need = estimate_training_memory(shape, candidate).total
-            if need <= usable:
+            est_c = estimate_training_memory(shape, candidate)
+            if host_ram_gib is not None and est_c.cpu_offloaded > host_ram_gib * GiB:
+                continue
+            if est_c.total <= usable:
                 verdict.fix = " + ".join(label for _, (_, label, _) in combo)
-                verdict.fix_plan, verdict.fix_need_bytes = candidate, need
+                verdict.fix_plan, verdict.fix_need_bytes = candidate, est_c.total
+                verdict.fix_cpu_bytes = est_c.cpu_offloaded
                 return verdict
     return verdict
 

@@ -44,6 +44,12 @@ The accounting, with its sources:
   The loss saves the log-softmax of the logits in fp32 (``4·V`` bytes per token). With gradient
   checkpointing only each layer's input (``h`` values per token) is kept, plus one layer recomputed
   during backward. Activations are not split by data parallelism or ZeRO.
+  With a 16-bit precision every activation is counted at 2 bytes. That holds for a model whose
+  weights are bf16; under autocast with fp32 weights (``fp16-mixed``/``bf16-mixed`` as the Trainer
+  runs it) only matrix-product outputs are 16-bit while norms, the residual stream and the router
+  stay fp32, so the real activations are larger (notebook 08 measures it on the tiny model). The
+  checkpointed estimate also counts the one layer recomputed during backward, which a forward-time
+  measurement of saved tensors does not see.
 - **Temporary buffers**: the fp32 gradient of the logits during backward, for ZeRO-3 two gathered
   layers of weights (current + prefetch), and with several GPUs two ``h²`` communication buckets
   (the sizes transformers' DeepSpeed integration chooses with ``"auto"``).

@@ -372,7 +372,11 @@ def load_model(
                 f"'deepseek-ai/deepseek-coder-1.3b-base', or '{TINY_MODEL_NAME}' for the course model."
             )
         if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} has no config.json, so it is not a saved model directory.")
+            raise ModelLoadError(
+                f"{path} has no config.json, so it is not a saved model directory. Pass the directory that "
+                "save_pretrained wrote (config.json next to the *.safetensors files), or the snapshot "
+                "directory of a downloaded checkpoint."
+            )
         name = str(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -381,7 +385,12 @@ def load_model(
         )
     except (OSError, ValueError) as exc:
         if is_local:
-            raise ModelLoadError(f"Could not load the model saved in {name}: {exc}") from exc
+            raise ModelLoadError(
+                f"Could not load the model saved in {name} ({type(exc).__name__}: {exc}). Check that the "
+                "weights and tokenizer files were copied completely (compare sizes with the source), and "
+                "that this transformers version supports its model_type (python -m dsnb.doctor); a model "
+                "with custom code also needs trust_remote_code=True."
+            ) from exc
         raise ModelLoadError(
             f"Could not load {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
             "If this machine is offline: on a connected machine run "

@@ -65,3 +65,14 @@ def test_unigram_entropy_known_values():
     assert unigram_entropy([1, 1, 1, 1]) == 0
     assert unigram_entropy([0, 1, 2, 3]) == pytest.approx(1.3862943611, rel=1e-9)  # ln 4
     assert unigram_entropy([[0, 1], [0, 1]]) == pytest.approx(0.6931471805, rel=1e-9)  # ln 2
+
+
+def test_missing_stdlib_source_says_what_to_do(tmp_path, monkeypatch):
+    """An interpreter whose standard library is not shipped as .py files gets a clear error."""
+    import sysconfig
+
+    from dsnb.corpus import stdlib_root
+
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path / "lib.zip")})
+    with pytest.raises(CorpusError, match=r"(?s)standard library source was not found.*root="):
+        stdlib_root()

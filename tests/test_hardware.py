@@ -81,3 +81,12 @@ def test_version_checks_show_the_article_pins_fail():
     assert rows["transformers"]["pin works"] is False
     assert rows["torch"]["pin works"] is False
     assert "DeepseekV3ForCausalLM here: True" in rows["transformers"]["why"]
+
+
+def test_offload_is_only_proposed_when_the_host_has_the_ram():
+    plan = TrainingPlan(seq_len=2048, num_gpus=2, zero_stage=3, gradient_checkpointing=True)
+    any_ram = fits("llama-13b", plan, gpu="RTX 4090")
+    assert any_ram.fix == "ZeRO CPU offload of optimizer states"
+    assert any_ram.row()["CPU RAM for offload (GiB)"] == round(any_ram.fix_cpu_bytes / GiB, 1) > 64
+    small_host = fits("llama-13b", plan, gpu="RTX 4090", host_ram_gib=64)
+    assert small_host.fix == "LoRA r=16" and small_host.row()["CPU RAM for offload (GiB)"] == 0
