@@ -77,23 +77,28 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_parameters(pairs: list[list[str]] | list[tuple[str, str]]) -> dict[str, Any]:
-    """``[("SEQ_LEN", "4096"), ("REBUILD", "false")]`` -> ``{"SEQ_LEN": 4096, "REBUILD": False}``.
+def parse_value(text: str) -> Any:
+    """A command-line value as the type it spells: ``"4096"`` -> 4096, ``"1e-5"`` -> 1e-05, ``"false"`` -> False.
 
-    Values are read as YAML (numbers, booleans, null, lists), as papermill's own ``-y`` does; anything
-    else stays a string (``deepseek-ai/deepseek-coder-1.3b-base``). Python spellings ``True``/``False``/
-    ``None`` are accepted too.
+    Read as YAML (numbers, booleans, null, lists), as papermill's own ``-y`` does, with two fixes:
+    Python spellings ``True``/``False``/``None`` work, and exponents without a dot (``1e-5``, a string
+    in YAML 1.1) are numbers. Anything else stays a string (``deepseek-ai/deepseek-coder-1.3b-base``).
     """
+    text = {"True": "true", "False": "false", "None": "null"}.get(text, text)
+    parsed = yaml.safe_load(text)
+    if isinstance(parsed, str) and _NUMBER.fullmatch(parsed):
+        return float(parsed)
+    return parsed
+
+
+def parse_parameters(pairs: list[list[str]] | list[tuple[str, str]]) -> dict[str, Any]:
+    """``[("SEQ_LEN", "4096"), ("REBUILD", "false")]`` -> ``{"SEQ_LEN": 4096, "REBUILD": False}`` (``parse_value``)."""
     out: dict[str, Any] = {}
     for name, value in pairs:
         if not name.isidentifier():
             raise SystemExit(f"-p {name} {value}: {name!r} is not a parameter name (use the names in the "
                              "notebook's parameters cell)")
-        value = {"True": "true", "False": "false", "None": "null"}.get(value, value)
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str) and _NUMBER.fullmatch(parsed):  # YAML 1.1 reads "1e-5" as a string
-            parsed = float(parsed)
-        out[name] = parsed
+        out[name] = parse_value(value)
     return out
 
 

@@ -126,6 +126,13 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
+        for f in fields(self):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            value = getattr(self, f.name)
+            if isinstance(value, str) and "float" in str(f.type):
+                try:
+                    setattr(self, f.name, float(value))
+                except ValueError:
+                    raise ConfigError(f"{f.name}={value!r}: expected a number") from None
         if self.method not in METHODS:
             raise ConfigError(f"method={self.method!r}: use one of {METHODS}")
         if self.precision not in PRECISIONS:

@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dsnb.cache import write_json_atomic
+from dsnb.course import parse_value
 from dsnb.sft import FinetuneConfig, is_main_process, run_sft
 
 logger = logging.getLogger(__name__)
@@ -27,13 +26,13 @@ RESULTS = "results.json"
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["max_steps=10", "method=lora"]`` -> ``{"max_steps": 10, "method": "lora"}`` (values parsed as YAML)."""
+    """``["max_steps=10", "learning_rate=1e-5"]`` -> ``{"max_steps": 10, "learning_rate": 1e-05}`` (``parse_value``)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise SystemExit(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_value(value)
     return out
 
 

@@ -116,6 +116,11 @@ def test_config_validation(tmp_path):
         FinetuneConfig(learning_rate=1e-6, min_learning_rate=1e-5)
     with pytest.raises(ConfigError, match="does not exist"):
         FinetuneConfig.from_yaml(tmp_path / "missing.yaml")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rate: 1e-5\nmin_learning_rate: 1e-7\n")  # strings to YAML 1.1
+    assert FinetuneConfig.from_yaml(recipe).learning_rate == 1e-5
+    with pytest.raises(ConfigError, match="expected a number"):
+        FinetuneConfig(learning_rate="fast")
     assert resolve_precision("fp32") == "fp32"
     if not torch.cuda.is_available():
         assert resolve_precision("auto") == "fp32"

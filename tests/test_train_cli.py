@@ -31,6 +31,7 @@ def test_parse_overrides():
         "max_steps": 3, "method": "lora", "eval_steps": None, "tasks": ["summary"]}
     with pytest.raises(SystemExit):
         parse_overrides(["oops"])
+    assert parse_overrides(["learning_rate=1e-5"]) == {"learning_rate": 1e-5}  # a number, not YAML 1.1's string
 
 
 def test_two_processes_match_single_process_effective_batch(tmp_path):
