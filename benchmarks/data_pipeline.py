@@ -1,6 +1,6 @@
 """Benchmark of the data-preparation pipeline (notebook 02).
 
-Prints rows/s for every stage of ``dsnb.quality.run_pipeline`` over the standard-library corpus,
+Prints rows/s for every stage of ``dsnb.data.pipeline.run_pipeline`` over the standard-library corpus,
 the total wall time, and how near-duplicate detection (MinHash + LSH) scales with 1x, 2x and 4x
 input: the time ratio should stay close to the size ratio (linear), not its square.
 
@@ -13,8 +13,8 @@ import argparse
 import random
 import time
 
-from dsnb import dedup, quality
-from dsnb.corpus import course_corpus
+from dsnb.data import dedup, pipeline
+from dsnb.data.corpus import course_corpus
 
 
 def near_dup_scaling(texts: list[str], repeats: int) -> list[dict]:
@@ -43,10 +43,10 @@ def main() -> None:
     args = ap.parse_args()
     corpus = course_corpus()
     t0 = time.perf_counter()
-    result = quality.run_pipeline(corpus, quality.PipelineConfig(ocr_samples=args.ocr_samples))
+    result = pipeline.run_pipeline(corpus, pipeline.PipelineConfig(ocr_samples=args.ocr_samples))
     total = time.perf_counter() - t0
     print(f"{'dimension':<12} {'stage':<34} {'rows':>7} {'seconds':>8} {'rows/s':>9}")
-    for r in quality.stage_rates(result):
+    for r in pipeline.stage_rates(result):
         print(f"{r['dimension']:<12} {r['stage']:<34} {r['rows']:>7} {r['seconds']:>8.3f} {r['rows/s']:>9}")
     print(f"whole pipeline: {total:.1f} s (OCR on a subsample of {args.ocr_samples})")
     texts = [d.text for d in corpus.docs] + [c.text for c in corpus.code]

@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/memory_cpu.py
 
-For the tiny DeepSeek-V3 at a few batch sizes it prints (1) ``dsnb.memory``'s activation estimate,
+For the tiny DeepSeek-V3 at a few batch sizes it prints (1) ``dsnb.plan.estimate``'s activation estimate,
 (2) the bytes autograd saves for backward (``measure_activation_bytes``: a saved-tensors pack hook,
 each storage once), and (3) the growth of the process's resident memory (RSS) across one forward
 pass, measured in a fresh subprocess after a warm-up step on a tiny batch. RSS also contains
@@ -19,7 +19,7 @@ import sys
 CHILD = r"""
 import gc, json, sys, psutil, torch
 from transformers import DeepseekV3ForCausalLM
-from dsnb.modeling import tiny_deepseek_config
+from dsnb.model.pretrain import tiny_deepseek_config
 b, s = int(sys.argv[1]), int(sys.argv[2])
 torch.manual_seed(0)
 torch.set_num_threads(1)
@@ -40,8 +40,9 @@ def main() -> int:
     import torch
     from transformers import DeepseekV3ForCausalLM
 
-    from dsnb.memory import estimate_training_memory, measure_activation_bytes
-    from dsnb.modeling import tiny_deepseek_config
+    from dsnb.model.pretrain import tiny_deepseek_config
+    from dsnb.plan.estimate import estimate_training_memory
+    from dsnb.plan.measure import measure_activation_bytes
 
     torch.manual_seed(0)
     model = DeepseekV3ForCausalLM(tiny_deepseek_config())

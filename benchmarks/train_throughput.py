@@ -16,9 +16,11 @@ import time
 import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, get_scheduler
 
-from dsnb.corpus import course_corpus
-from dsnb.modeling import base_model
-from dsnb.sft import FinetuneConfig, build_sft_data, build_trainer, data_collator, to_dataset
+from dsnb.data.corpus import course_corpus
+from dsnb.model.load import base_model
+from dsnb.train.chat import build_sft_data, data_collator, to_dataset
+from dsnb.train.config import FinetuneConfig
+from dsnb.train.sft import build_trainer
 
 
 def _tokens(examples, steps, batch):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import resource
 import subprocess
 import sys
@@ -18,9 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+from dsnb.values import parse_value
 
 
 def notebooks_in(directory: str | Path) -> list[Path]:
@@ -76,19 +73,6 @@ def render(rows: list[dict]) -> str:
     lines.append(f"{'total':<36} {'':<6} {total:>9.1f}s")
     return "\n".join(lines)
 
-
-def parse_value(text: str) -> Any:
-    """A command-line value as the type it spells: ``"4096"`` -> 4096, ``"1e-5"`` -> 1e-05, ``"false"`` -> False.
-
-    Read as YAML (numbers, booleans, null, lists), as papermill's own ``-y`` does, with two fixes:
-    Python spellings ``True``/``False``/``None`` work, and exponents without a dot (``1e-5``, a string
-    in YAML 1.1) are numbers. Anything else stays a string (``deepseek-ai/deepseek-coder-1.3b-base``).
-    """
-    text = {"True": "true", "False": "false", "None": "null"}.get(text, text)
-    parsed = yaml.safe_load(text)
-    if isinstance(parsed, str) and _NUMBER.fullmatch(parsed):
-        return float(parsed)
-    return parsed
 
 
 def parse_parameters(pairs: list[list[str]] | list[tuple[str, str]]) -> dict[str, Any]:

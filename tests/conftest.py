@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def base_dir():
     """Directory of the pretrained course base model (built on first use, about 3 minutes)."""
-    from dsnb.modeling import base_model_path
+    from dsnb.model.pretrain import base_model_path
 
     return base_model_path()
 
@@ -22,6 +22,6 @@ def tokenizer(base_dir):
 
 @pytest.fixture(scope="session")
 def corpus():
-    from dsnb.corpus import course_corpus
+    from dsnb.data.corpus import course_corpus
 
     return course_corpus()

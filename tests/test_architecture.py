@@ -5,14 +5,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
-from dsnb.architecture import (
+from dsnb.model.architecture import (
     expert_load,
     forward_flops,
     kv_cache_per_token,
     measured_kv_cache_bytes,
     parameter_breakdown,
 )
-from dsnb.modeling import tiny_deepseek_config
+from dsnb.model.pretrain import tiny_deepseek_config
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def test_flops_reject_unknown_attention():
 @pytest.mark.parametrize("model_type,kind", [("llama", "MHA"), ("qwen2", "GQA")])
 def test_cache_and_routing_on_dense_architectures(model_type, kind, tokenizer, tmp_path):
     """Notebook 01 runs on a deepseek-coder (Llama) or R1-Distill (Qwen2) checkpoint too."""
-    from dsnb.modeling import load_model, save_tiny_random
-    from dsnb.routing import load_imbalance
+    from dsnb.model.load import load_model, save_tiny_random
+    from dsnb.model.routing import load_imbalance
 
     model, _ = load_model(save_tiny_random(model_type, tmp_path / model_type, tokenizer=tokenizer))
     kv = kv_cache_per_token(model.config, bytes_per_element=4)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dsnb.checkpoint import (
+from dsnb.train.checkpoint import (
     MANIFEST,
     CheckpointError,
     find_resumable,
@@ -116,7 +116,7 @@ def test_lora_run_resumes_to_the_same_adapters(tmp_path):
     """A LoRA run resumed from its middle checkpoint ends where the uninterrupted run ends."""
     import shutil
 
-    from dsnb.train import main
+    from dsnb.train.cli import main
 
     def run(out: Path, *extra: str) -> dict:
         sets = dict(output_dir=out, method="lora", max_steps=6, save_steps=3, save_total_limit="null",

@@ -1,4 +1,4 @@
-"""AST chunking with context, parse rejects and radon complexity (dsnb.codeprep)."""
+"""AST chunking with context, parse rejects and radon complexity (dsnb.data.codeprep)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from dsnb import codeprep
+from dsnb.data import codeprep
 
 SOURCE = textwrap.dedent('''
     import os

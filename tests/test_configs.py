@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dsnb.sft import FinetuneConfig, run_sft
+from dsnb.train.config import FinetuneConfig
+from dsnb.train.sft import run_sft
 
 ROOT = Path(__file__).resolve().parent.parent
 SFT = sorted((ROOT / "configs" / "sft").glob("*.yaml"))
@@ -40,7 +41,7 @@ def test_accelerate_config_parses(path):
 
 @pytest.mark.parametrize("path", [p for p in SFT if p.stem != "tiny"], ids=lambda p: p.name)
 def test_real_recipe_runs_first_steps_on_tiny_stand_in(path, tmp_path, tokenizer):
-    from dsnb.modeling import save_tiny_random
+    from dsnb.model.load import save_tiny_random
 
     cfg = FinetuneConfig.from_yaml(path)
     model_dir = save_tiny_random(cfg.model_type, tmp_path / "model", tokenizer=tokenizer)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from dsnb.corpus import SPLITS, CorpusError, build_corpus, split_of, unigram_entropy
+from dsnb.data.corpus import SPLITS, CorpusError, build_corpus, split_of, unigram_entropy
 
 
 def test_splits_are_disjoint_by_top_level_module(corpus):
@@ -71,7 +71,7 @@ def test_missing_stdlib_source_says_what_to_do(tmp_path, monkeypatch):
     """An interpreter whose standard library is not shipped as .py files gets a clear error."""
     import sysconfig
 
-    from dsnb.corpus import stdlib_root
+    from dsnb.data.corpus import stdlib_root
 
     monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path / "lib.zip")})
     with pytest.raises(CorpusError, match=r"(?s)standard library source was not found.*root="):

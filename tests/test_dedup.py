@@ -1,11 +1,11 @@
-"""Exact and near-duplicate removal with known duplicate rates (dsnb.dedup)."""
+"""Exact and near-duplicate removal with known duplicate rates (dsnb.data.dedup)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from dsnb import dedup
+from dsnb.data import dedup
 
 SAMPLES = Path(__file__).parent.parent / "data_samples"
 

@@ -1,11 +1,11 @@
-"""Dialogue generation, intent classifier, response scoring and distinct-n (dsnb.dialogue)."""
+"""Dialogue generation, intent classifier, response scoring and distinct-n (dsnb.data.dialogue)."""
 
 from __future__ import annotations
 
 import pytest
 
-from dsnb import dialogue
-from dsnb.corpus import InstructionPair
+from dsnb.data import dialogue
+from dsnb.data.corpus import InstructionPair
 
 
 def _pairs() -> list[InstructionPair]:
@@ -80,8 +80,8 @@ def test_lm_loss_per_token_equals_manual_cross_entropy(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from dsnb.modeling import save_tiny_random
-    from dsnb.tokenizer import train_tokenizer
+    from dsnb.model.load import save_tiny_random
+    from dsnb.model.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["def f(x):\n    return x + 1\n", "Return the size of a file."] * 20, vocab_size=300)
     model = AutoModelForCausalLM.from_pretrained(save_tiny_random("llama", tmp_path / "m", tokenizer=tok))

@@ -3,7 +3,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from dsnb.doctor import Check, library_checks, render, required_versions, run_checks, version_at_least
+from dsnb.plan.doctor import Check, library_checks, render, required_versions, run_checks, version_at_least
 
 
 def test_version_comparison():

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from dsnb.evaluation import beats, compare, completion_loss, evaluate_model, exact_match
-from dsnb.sft import FinetuneConfig, build_sft_data, run_sft
+from dsnb.train.chat import build_sft_data
+from dsnb.train.config import FinetuneConfig
+from dsnb.train.evaluation import beats, compare, completion_loss, evaluate_model, exact_match
+from dsnb.train.sft import run_sft
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,7 @@ def test_data(corpus, tokenizer):
 
 
 def test_completion_loss_matches_the_model_loss(base_dir, tokenizer, test_data):
-    from dsnb.modeling import load_model
+    from dsnb.model.load import load_model
 
     model, _ = load_model(base_dir, dtype=torch.float32)
     ex = test_data.examples[0]
@@ -35,7 +37,7 @@ def test_exact_match():
 
 
 def test_fine_tuned_beats_base(base_dir, tokenizer, corpus, test_data, tmp_path):
-    from dsnb.modeling import load_model
+    from dsnb.model.load import load_model
 
     model, _ = load_model(base_dir, dtype=torch.float32)
     before = evaluate_model(model, tokenizer, test_data, max_new_tokens=16)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dsnb.exercises import nb00
-from dsnb.memory import GiB, ModelShape, load_model_config
+from dsnb.plan.estimate import GiB, ModelShape, load_model_config
 
 
 def test_bytes_per_param(capsys):

@@ -4,7 +4,7 @@ import torch
 from transformers import DeepseekV3ForCausalLM
 
 from dsnb.exercises import nb01
-from dsnb.modeling import tiny_deepseek_config
+from dsnb.model.pretrain import tiny_deepseek_config
 
 
 def test_cache_exercise(capsys):

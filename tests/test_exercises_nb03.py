@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dsnb.exercises import nb03
-from dsnb.schedules import warmup_linear_floor_lr
+from dsnb.train.schedules import warmup_linear_floor_lr
 
 
 def test_lr_at_step(capsys):

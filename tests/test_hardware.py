@@ -1,20 +1,12 @@
-"""dsnb.hardware: the probe, the GPU catalogue, the fit verdict and the claim tables."""
+"""dsnb.plan.hardware: the probe, the GPU catalogue, the fit verdict and the claim tables."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dsnb.hardware import (
-    GPUS,
-    RESERVE,
-    article_hardware_claims,
-    fits,
-    gpu_spec,
-    probe,
-    version_checks,
-)
-from dsnb.memory import GiB, TrainingPlan, estimate_training_memory
+from dsnb.plan.estimate import GiB, TrainingPlan, estimate_training_memory
+from dsnb.plan.hardware import GPUS, RESERVE, article_hardware_claims, fits, gpu_spec, probe, version_checks
 
 
 def test_probe_reports_this_machine():

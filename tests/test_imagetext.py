@@ -1,4 +1,4 @@
-"""Rendering, OCR and the character error rate (dsnb.imagetext)."""
+"""Rendering, OCR and the character error rate (dsnb.data.imagetext)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import nltk
 import pytest
 
-from dsnb import imagetext
+from dsnb.data import imagetext
 
 needs_tesseract = pytest.mark.skipif(
     shutil.which("tesseract") is None,

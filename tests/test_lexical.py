@@ -1,10 +1,10 @@
-"""Tokenisation, type/token ratio, lengths and technical entities (dsnb.lexical)."""
+"""Tokenisation, type/token ratio, lengths and technical entities (dsnb.data.lexical)."""
 
 from __future__ import annotations
 
 import pytest
 
-from dsnb import lexical
+from dsnb.data import lexical
 
 
 def test_tokenize_keeps_dotted_names_and_versions():

@@ -5,8 +5,9 @@ import torch
 from peft import get_peft_model
 from transformers import DeepseekV3ForCausalLM
 
-from dsnb.lora import adapted_modules, apply_lora, load_lora, lora_config, trainable_parameters
-from dsnb.modeling import load_model, save_tiny_random, tiny_deepseek_config
+from dsnb.model.load import load_model, save_tiny_random
+from dsnb.model.lora import adapted_modules, apply_lora, load_lora, lora_config, trainable_parameters
+from dsnb.model.pretrain import tiny_deepseek_config
 
 
 def _tiny():
@@ -36,7 +37,7 @@ def test_plain_peft_rewrites_mlp_targets_on_deepseek():
     model = _tiny()
     names = adapted_modules(get_peft_model(model, lora_config(model, r=4)))
     if "model.layers.0.mlp.gate_proj" in names:
-        pytest.skip("this peft applies MLP targets as written: dsnb.lora's workaround is no longer needed")
+        pytest.skip("this peft applies MLP targets as written: dsnb.model.lora's workaround is no longer needed")
     assert any("mlp.experts" in n for n in names)
 
 

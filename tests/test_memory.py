@@ -1,4 +1,4 @@
-"""dsnb.memory: the estimator against hand-computed standard formulas and against real tensors."""
+"""dsnb.plan.estimate and dsnb.plan.measure: the estimator against hand-computed standard formulas and against real tensors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
-from dsnb.memory import (
+from dsnb.model.load import TINY_ARCHITECTURES
+from dsnb.model.pretrain import tiny_deepseek_config
+from dsnb.plan.estimate import (
     NF4_BYTES_PER_PARAM,
     ModelShape,
     TrainingPlan,
@@ -16,10 +18,8 @@ from dsnb.memory import (
     list_model_configs,
     load_model_config,
     lora_parameter_count,
-    measure_activation_bytes,
-    tiny_model_check,
 )
-from dsnb.modeling import TINY_ARCHITECTURES, tiny_deepseek_config
+from dsnb.plan.measure import measure_activation_bytes, tiny_model_check
 
 # A small Llama shape whose numbers are easy to work out by hand.
 V, H, L, HEADS, INTER = 1000, 64, 2, 4, 128

@@ -1,4 +1,4 @@
-"""Loading and schema validation of every record type and format (dsnb.records)."""
+"""Loading and schema validation of every record type and format (dsnb.data.records)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dsnb.records import DataValidationError, load_records, validate_record
+from dsnb.data.records import DataValidationError, load_records, validate_record
 
 SAMPLES = Path(__file__).parent.parent / "data_samples"
 BROKEN = SAMPLES / "broken_instruction_pairs.jsonl"

@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import DeepseekV3ForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from dsnb.architecture import expert_load
-from dsnb.modeling import tiny_deepseek_config
-from dsnb.routing import ExpertBiasBalancer, load_imbalance, routers
+from dsnb.model.architecture import expert_load
+from dsnb.model.pretrain import tiny_deepseek_config
+from dsnb.model.routing import ExpertBiasBalancer, load_imbalance, routers
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dsnb.schedules import (
+from dsnb.train.schedules import (
     REAL_FLOOR_LR,
     REAL_PEAK_LR,
     REAL_WARMUP_STEPS,

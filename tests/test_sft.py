@@ -8,32 +8,30 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from dsnb.schedules import warmup_linear_floor_lr
-from dsnb.sft import (
+from dsnb.train.chat import build_sft_data, chat_messages, pack_examples, to_dataset, tokenize_chat
+from dsnb.train.config import (
     BatchSizeError,
     ConfigError,
     FinetuneConfig,
-    build_sft_data,
-    build_trainer,
-    chat_messages,
-    count_parameters,
     effective_batch,
+    plan_batch,
+    resolve_precision,
+)
+from dsnb.train.prepare import (
+    count_parameters,
     freeze_first_layers,
     moe_block_classes,
-    pack_examples,
-    plan_batch,
     prepare_model,
-    resolve_precision,
     set_dropout,
-    to_dataset,
-    tokenize_chat,
-    training_state_bytes,
 )
+from dsnb.train.schedules import warmup_linear_floor_lr
+from dsnb.train.sft import build_trainer
+from dsnb.train.speed import training_state_bytes
 
 
 @pytest.fixture(scope="module")
 def base(base_dir):
-    from dsnb.modeling import load_model
+    from dsnb.model.load import load_model
 
     return load_model(base_dir, dtype=torch.float32)
 
@@ -220,7 +218,7 @@ def test_trainer_lr_follows_the_schedule(base, small_data, tmp_path):
 
 def test_training_state_bytes_equal_the_real_tensors_after_a_step(base):
     """What notebook 03's weights+grads+AdamW column counts is what exists after an AdamW step (LoRA too)."""
-    from dsnb.memory import measure_model_state_bytes
+    from dsnb.plan.measure import measure_model_state_bytes
 
     for cfg in (FinetuneConfig(), FinetuneConfig(method="lora")):
         model, _ = prepare_model(copy.deepcopy(base[0]), cfg)
@@ -235,7 +233,8 @@ def test_training_state_bytes_equal_the_real_tensors_after_a_step(base):
 
 
 def test_measure_training_step_sees_checkpointing_and_accumulation(base, small_data):
-    from dsnb.sft import data_collator, measure_training_step
+    from dsnb.train.chat import data_collator
+    from dsnb.train.speed import measure_training_step
 
     model = copy.deepcopy(base[0])
     batch = data_collator(base[1])([dict(e) for e in small_data.examples[:8]])
@@ -248,8 +247,8 @@ def test_measure_training_step_sees_checkpointing_and_accumulation(base, small_d
 
 
 def test_share_query_key_ties_where_the_architecture_allows(base, tokenizer, tmp_path):
-    from dsnb.modeling import load_model, save_tiny_random
-    from dsnb.sft import share_query_key
+    from dsnb.model.load import load_model, save_tiny_random
+    from dsnb.train.speed import share_query_key
 
     llama, _ = load_model(save_tiny_random("llama", tmp_path / "llama", tokenizer=tokenizer))
     before = count_parameters(llama)["total"]

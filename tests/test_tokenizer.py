@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from dsnb.tokenizer import ASSISTANT, BOS, EOS, PAD, USER, save_tokenizer, train_tokenizer
+from dsnb.model.tokenizer import ASSISTANT, BOS, EOS, PAD, USER, save_tokenizer, train_tokenizer
 
 TEXTS = ["def add(a, b):\n    return a + b\n", "Return the sum of two numbers.", "import os\nprint(os.sep)\n"] * 20
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dsnb.train import parse_overrides
+from dsnb.train.cli import parse_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "sft" / "tiny.yaml"
@@ -56,7 +56,7 @@ def test_two_processes_match_single_process_effective_batch(tmp_path):
 def test_global_batch_not_divisible_by_processes_is_rejected(tmp_path):
     env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c",
-                           "from dsnb.sft import FinetuneConfig; FinetuneConfig(global_batch_size=7).training_arguments()"],
+                           "from dsnb.train.config import FinetuneConfig; FinetuneConfig(global_batch_size=7).training_arguments()"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "not a multiple of the 2 processes" in proc.stderr
 

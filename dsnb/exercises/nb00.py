@@ -1,13 +1,13 @@
 """Exercise checks for notebook 00 (setup, hardware and memory planning).
 
-Every expected value is computed by ``dsnb.memory`` / ``dsnb.hardware``, never typed in.
+Every expected value is computed by ``dsnb.plan.estimate`` / ``dsnb.plan.hardware``, never typed in.
 """
 
 from __future__ import annotations
 
 from dsnb.exercises import check_choice, check_number
-from dsnb.hardware import fits
-from dsnb.memory import GiB, ModelShape, TrainingPlan, estimate_training_memory, load_model_config
+from dsnb.plan.estimate import GiB, ModelShape, TrainingPlan, estimate_training_memory, load_model_config
+from dsnb.plan.hardware import fits
 
 
 def expected_bytes_per_param(precision: str = "bf16-mixed", optimizer: str = "adamw") -> float:
@@ -53,5 +53,5 @@ def check_fix(answer: str | None, model: str = "deepseek-coder-6.7b-base", gpu: 
     return check_choice(
         "3 (cheapest fix)", None if answer is None else str(answer).strip(), expected,
         hint="estimate the plan with each single change (checkpointing, offload, LoRA, QLoRA) and keep the "
-             "first that fits under 80% of the card; dsnb.hardware.fits shows the ranking it uses.",
+             "first that fits under 80% of the card; dsnb.plan.hardware.fits shows the ranking it uses.",
     )

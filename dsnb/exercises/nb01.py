@@ -5,9 +5,10 @@ from __future__ import annotations
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, DeepseekV3Config
 
-from dsnb.architecture import kv_cache_per_token, parameter_breakdown
 from dsnb.exercises import check_choice, check_number
-from dsnb.modeling import TINY_ARCHITECTURES, lora_target_modules
+from dsnb.model.architecture import kv_cache_per_token, parameter_breakdown
+from dsnb.model.load import TINY_ARCHITECTURES
+from dsnb.model.lora import lora_target_modules
 
 
 def expected_v3_cache_gib(context: int = 32_768) -> float:
@@ -44,6 +45,6 @@ def check_v2_lite_targets(answer: list[str] | None) -> bool:
     expected = expected_v2_lite_targets()
     return check_choice(
         "3 (V2-Lite LoRA targets)", None if answer is None else sorted(answer), sorted(expected),
-        hint="V2-Lite sets q_lora_rank=None: build a tiny one with dsnb.modeling.save_tiny_random "
+        hint="V2-Lite sets q_lora_rank=None: build a tiny one with dsnb.model.load.save_tiny_random "
              "or AutoConfig.for_model and call lora_target_modules on it.",
     )

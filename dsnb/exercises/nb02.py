@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from dsnb.codeprep import complexity
-from dsnb.dedup import duplicate_rate
-from dsnb.dialogue import distinct_n
+from dsnb.data.codeprep import complexity
+from dsnb.data.dedup import duplicate_rate
+from dsnb.data.dialogue import distinct_n
+from dsnb.data.records import samples_dir
 from dsnb.exercises import check_number
-from dsnb.records import samples_dir
 
 #: Exercise 1 works on these texts (also in data_samples/duplicates.jsonl).
 DUPLICATE_TEXTS = [

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dsnb.exercises import check_number
-from dsnb.schedules import REAL_FLOOR_LR, REAL_PEAK_LR, REAL_WARMUP_STEPS, warmup_linear_floor_lr
-from dsnb.sft import effective_batch
+from dsnb.train.config import effective_batch
+from dsnb.train.schedules import REAL_FLOOR_LR, REAL_PEAK_LR, REAL_WARMUP_STEPS, warmup_linear_floor_lr
 
 #: The real-scale run the exercises talk about.
 REAL_TOTAL = 10_000

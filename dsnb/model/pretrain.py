@@ -1,15 +1,13 @@
-"""The model the course trains: a tiny DeepSeek-V3, its pretraining, and loading any checkpoint.
+"""The course's base model: a tiny DeepSeek-V3, pretrained deterministically on the standard library.
 
 - ``tiny_deepseek_config`` keeps DeepSeek-V3's defining parts (multi-head latent attention, a dense
   first layer then MoE layers with shared + routed experts and top-k routing) at a size a laptop
   CPU trains in minutes.
-- ``base_model_path`` / ``base_model`` pretrain it deterministically on the standard-library corpus
-  and cache it (safetensors + config + tokenizer) under ``dsnb.cache_dir("base_model")``.
-- ``load_model`` loads *any* causal LM with its tokenizer through the Auto classes, from a local
-  directory or a hub id; ``"dsnb-tiny"`` names the course's own base model. Changing that one
-  parameter to ``"deepseek-ai/deepseek-coder-1.3b-base"`` is how a notebook scales up.
-- ``lora_target_modules`` / ``lora_target_parameters`` read LoRA targets from the module tree
-  instead of assuming names (they differ between DeepSeek-V3, V2-Lite, deepseek-coder and R1-Distill).
+- ``pretrain`` trains it with ``transformers.Trainer`` on packed blocks of the course corpus, with
+  DeepSeek-V3's bias balancing switched on (``dsnb.model.routing.ExpertBiasBalancer``), and writes a
+  report (held-out loss against the unigram entropy, curves, samples).
+- ``base_model_path`` builds it once and caches it (safetensors + config + tokenizer) under
+  ``dsnb.cache_dir("base_model")``; a different corpus or recipe rebuilds it, never reuses it.
 
 Taught in notebook 01.
 """
@@ -19,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -27,10 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     DeepseekV3Config,
     DeepseekV3ForCausalLM,
     PreTrainedModel,
@@ -40,23 +34,24 @@ from transformers import (
     TrainingArguments,
 )
 
-from dsnb.architecture import expert_load
 from dsnb.cache import atomic_directory, build_lock, cache_dir, write_json_atomic
-from dsnb.corpus import Corpus, course_corpus, unigram_entropy
+from dsnb.data.corpus import Corpus, course_corpus, unigram_entropy
+from dsnb.model.architecture import expert_load
+from dsnb.model.routing import ExpertBiasBalancer, load_imbalance
+from dsnb.model.tokenizer import save_tokenizer, train_tokenizer
 from dsnb.progress import LineProgress
-from dsnb.routing import ExpertBiasBalancer, load_imbalance
-from dsnb.tokenizer import save_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
+
 #: The name notebooks use for the course's own pretrained tiny DeepSeek-V3.
 TINY_MODEL_NAME = "dsnb-tiny"
+
+
 BUILD_INFO = "dsnb_build.json"
+
+
 REPORT = "pretraining_report.json"
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be loaded; the message says what to do."""
 
 
 def tiny_deepseek_config(**overrides: Any) -> DeepseekV3Config:
@@ -112,7 +107,7 @@ class PretrainConfig:
     weight_decay: float = 0.1
     eval_every: int = 50
     eval_blocks: int = 96
-    #: DeepSeek-V3's balancing-bias step (``dsnb.routing.ExpertBiasBalancer``); DeepSeek used 0.001 over
+    #: DeepSeek-V3's balancing-bias step (``dsnb.model.routing.ExpertBiasBalancer``); DeepSeek used 0.001 over
     #: trillions of tokens, a 400-step run needs a larger step to balance at all. 0 turns balancing off.
     bias_update_rate: float = 0.005
     seed: int = 0
@@ -318,11 +313,6 @@ def base_model_path(rebuild: bool = False, cfg: PretrainConfig | None = None, co
     return path
 
 
-def base_model(rebuild: bool = False, **load_kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The pretrained tiny DeepSeek-V3 and its tokenizer (built on first use, then from cache)."""
-    return load_model(base_model_path(rebuild=rebuild), **load_kwargs)
-
-
 def pretraining_report(path: str | Path | None = None) -> dict:
     """The report saved when the base model was pretrained (see ``pretrain``)."""
     path = Path(path) if path is not None else base_model_path()
@@ -335,182 +325,3 @@ def pretraining_curves(report: dict) -> tuple[list[dict], list[dict]]:
     train = [{"step": h["step"], "train loss": h["loss"]} for h in history if "loss" in h]
     evals = [{"step": h["step"], "validation loss": h["eval_loss"]} for h in history if "eval_loss" in h]
     return train, evals
-
-
-def _looks_like_path(name: str) -> bool:
-    """A local path (existing, or written like one) rather than a hub id such as ``org/name``."""
-    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or "\\" in name:
-        return True
-    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is None
-
-
-def load_model(
-    name_or_path: str | Path,
-    *,
-    dtype: str | torch.dtype = "auto",
-    device: str | torch.device | None = None,
-    trust_remote_code: bool = False,
-    **model_kwargs: Any,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer via ``AutoModelForCausalLM`` / ``AutoTokenizer``.
-
-    ``name_or_path`` is a local directory, a hub id (``"deepseek-ai/deepseek-coder-1.3b-base"``) or
-    ``"dsnb-tiny"`` for the course's own base model. A missing directory or an unreachable hub raises
-    ``ModelLoadError`` naming what was asked for and how to work offline. The tokenizer always gets a
-    pad token (if it had none, EOS is used and a warning says why that matters for fine-tuning).
-    """
-    if str(name_or_path) == TINY_MODEL_NAME:
-        name_or_path = base_model_path()
-    name = str(name_or_path)
-    is_local = isinstance(name_or_path, Path) or _looks_like_path(name)
-    if is_local:
-        path = Path(name).expanduser()
-        if not path.is_dir():
-            raise ModelLoadError(
-                f"Model directory {path} does not exist. Pass a directory that holds config.json and the "
-                f"weights (e.g. one written by save_pretrained), a hub id such as "
-                f"'deepseek-ai/deepseek-coder-1.3b-base', or '{TINY_MODEL_NAME}' for the course model."
-            )
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"{path} has no config.json, so it is not a saved model directory. Pass the directory that "
-                "save_pretrained wrote (config.json next to the *.safetensors files), or the snapshot "
-                "directory of a downloaded checkpoint."
-            )
-        name = str(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs
-        )
-    except (OSError, ValueError) as exc:
-        if is_local:
-            raise ModelLoadError(
-                f"Could not load the model saved in {name} ({type(exc).__name__}: {exc}). Check that the "
-                "weights and tokenizer files were copied completely (compare sizes with the source), and "
-                "that this transformers version supports its model_type (python -m dsnb.doctor); a model "
-                "with custom code also needs trust_remote_code=True."
-            ) from exc
-        raise ModelLoadError(
-            f"Could not load {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
-            "If this machine is offline: on a connected machine run "
-            f"`hf download {name} --local-dir <DIR>`, copy <DIR> here and pass its path; or set "
-            "HF_HUB_OFFLINE=1 to use a copy already in the local Hugging Face cache. "
-            f"Without any download, use '{TINY_MODEL_NAME}' (the course's own tiny DeepSeek-V3)."
-        ) from exc
-    if tokenizer.pad_token is None:
-        logger.warning(
-            "%s has no pad token; using EOS for padding. Mask padding by attention_mask, not by token id, "
-            "or the model never learns to emit EOS.", name,
-        )
-        tokenizer.pad_token = tokenizer.eos_token
-    if device is not None:
-        model.to(device)
-    return model, tokenizer
-
-
-# ---------------------------------------------------------------------------------------------
-# Tiny random checkpoints of the architectures DeepSeek users fine-tune (for tests and recipes)
-# ---------------------------------------------------------------------------------------------
-
-#: model_type -> (what it stands for, tiny config values). All share hidden 64 and 2 layers.
-TINY_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
-    "deepseek_v3": ("DeepSeek-V3 / R1 (MLA + MoE)", dict(
-        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
-        first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=32,
-        kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_shared_experts=1,
-        n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, num_nextn_predict_layers=0)),
-    "deepseek_v2": ("DeepSeek-V2-Lite (MLA without query compression + MoE)", dict(
-        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
-        first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=None,
-        kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_shared_experts=1,
-        n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, topk_method="greedy")),
-    "llama": ("deepseek-coder / deepseek-llm (Llama architecture)", dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4)),
-    "qwen2": ("DeepSeek-R1-Distill-Qwen (Qwen2 architecture)", dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2)),
-}
-
-
-def save_tiny_random(
-    model_type: str, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None, seed: int = 0
-) -> Path:
-    """Save a tiny randomly initialised checkpoint of ``model_type`` (with a tokenizer) to ``directory``.
-
-    Stands in for a real checkpoint of the same architecture where none can be downloaded; the
-    loading, LoRA and training code paths are the ones a real checkpoint takes.
-    """
-    from transformers import AutoConfig
-
-    if model_type not in TINY_ARCHITECTURES:
-        raise ValueError(f"unknown model_type {model_type!r}; choose from {sorted(TINY_ARCHITECTURES)}")
-    if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(base_model_path())
-    values = dict(TINY_ARCHITECTURES[model_type][1])
-    values.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    config = AutoConfig.for_model(model_type, **values)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    directory = Path(directory)
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    # AutoTokenizer may pick the architecture's own tokenizer class (e.g. Qwen2Tokenizer adds
-    # "<|endoftext|>"): size the embeddings for the tokenizer that loading will really return.
-    reloaded = AutoTokenizer.from_pretrained(directory)
-    if len(reloaded) != config.vocab_size:
-        model.resize_token_embeddings(len(reloaded))
-        model.save_pretrained(directory, safe_serialization=True)
-    return directory
-
-
-def _num_experts(config: Any) -> int | None:
-    for key in ("n_routed_experts", "num_experts", "num_local_experts"):
-        if getattr(config, key, None):
-            return int(getattr(config, key))
-    return None
-
-
-def lora_target_modules(model: nn.Module) -> list[str]:
-    """The ``nn.Linear`` module names inside the decoder layers that LoRA should adapt.
-
-    Read from the module tree, so it is right for each architecture: MLA's ``q_a_proj``,
-    ``q_b_proj``, ``kv_a_proj_with_mqa``, ``kv_b_proj``, ``o_proj`` in DeepSeek-V3; a plain
-    ``q_proj`` in V2-Lite; ``q_proj``/``k_proj``/``v_proj`` in the Llama and Qwen2 models. MoE
-    routers are left out (adapting the router changes which experts train); so are ``lm_head``
-    and embeddings. Routed experts stored as fused 3-D tensors are not modules: see
-    ``lora_target_parameters``. Apply them with ``dsnb.lora.apply_lora``: a plain peft
-    ``get_peft_model`` rewrites the MLP names on DeepSeek-V2/V3 (see ``dsnb.lora``).
-    """
-    n_experts = _num_experts(getattr(model, "config", None))
-    names: list[str] = []
-    for full, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or ".layers." not in f".{full}.":
-            continue
-        leaf = full.rsplit(".", 1)[-1]
-        if n_experts is not None and module.out_features == n_experts and "gate" in leaf:
-            continue  # an MoE router implemented as a Linear (e.g. Mixtral, Qwen-MoE)
-        if leaf not in names:
-            names.append(leaf)
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layers under '.layers.' to adapt with LoRA")
-    return names
-
-
-def lora_target_parameters(model: nn.Module) -> list[str]:
-    """Names (relative to a decoder layer) of fused routed-expert weights, for peft's ``target_parameters``.
-
-    In transformers 5, DeepSeek's routed experts are 3-D parameters such as
-    ``mlp.experts.gate_up_proj`` (experts × 2·inter × hidden), not ``nn.Linear`` modules, so they are
-    targeted with ``LoraConfig(target_parameters=[...])``. Empty for dense models.
-    """
-    names: list[str] = []
-    for full, param in model.named_parameters():
-        if param.dim() != 3 or ".experts." not in full or ".layers." not in full:
-            continue
-        rel = full.split(".layers.", 1)[1].split(".", 1)[1]
-        if rel not in names:
-            names.append(rel)
-    return names

@@ -11,18 +11,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import DeepseekV3ForCausalLM
 
-from dsnb.corpus import build_corpus, split_of, stdlib_root
-from dsnb.modeling import (
-    TINY_ARCHITECTURES,
-    ModelLoadError,
+from dsnb.data.corpus import build_corpus, split_of, stdlib_root
+from dsnb.model.load import TINY_ARCHITECTURES, ModelLoadError, load_model, save_tiny_random
+from dsnb.model.lora import lora_target_modules, lora_target_parameters
+from dsnb.model.pretrain import (
     PretrainConfig,
     base_model_path,
-    load_model,
-    lora_target_modules,
-    lora_target_parameters,
     pretrain,
     pretraining_report,
-    save_tiny_random,
     tiny_deepseek_config,
 )
 
@@ -155,7 +151,7 @@ def test_missing_path_is_a_clear_error(tmp_path):
 def test_unreachable_hub_is_a_clear_error():
     # offline mode makes the hub unreachable at once (no network retries); a fresh process reads it
     code = (
-        "from dsnb.modeling import load_model, ModelLoadError\n"
+        "from dsnb.model.load import load_model, ModelLoadError\n"
         "try:\n    load_model('deepseek-ai/deepseek-coder-1.3b-base')\n"
         "except ModelLoadError as e:\n    print('ERROR:', e)\n"
     )

@@ -1,6 +1,6 @@
 """LoRA adapters on DeepSeek models with peft, targeting what the model really contains.
 
-``lora_config`` builds a ``peft.LoraConfig`` from the module tree (``dsnb.modeling.lora_target_modules``)
+``lora_config`` builds a ``peft.LoraConfig`` from the module tree (``dsnb.model.lora.lora_target_modules``)
 and, optionally, the fused routed-expert tensors (``lora_target_parameters``). ``apply_lora`` and
 ``load_lora`` wrap ``get_peft_model`` / ``PeftModel.from_pretrained``.
 
@@ -23,8 +23,6 @@ from typing import Any
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-
-from dsnb.modeling import lora_target_modules, lora_target_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +93,53 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in model.parameters())
     return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def _num_experts(config: Any) -> int | None:
+    for key in ("n_routed_experts", "num_experts", "num_local_experts"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    return None
+
+
+def lora_target_modules(model: nn.Module) -> list[str]:
+    """The ``nn.Linear`` module names inside the decoder layers that LoRA should adapt.
+
+    Read from the module tree, so it is right for each architecture: MLA's ``q_a_proj``,
+    ``q_b_proj``, ``kv_a_proj_with_mqa``, ``kv_b_proj``, ``o_proj`` in DeepSeek-V3; a plain
+    ``q_proj`` in V2-Lite; ``q_proj``/``k_proj``/``v_proj`` in the Llama and Qwen2 models. MoE
+    routers are left out (adapting the router changes which experts train); so are ``lm_head``
+    and embeddings. Routed experts stored as fused 3-D tensors are not modules: see
+    ``lora_target_parameters``. Apply them with ``dsnb.model.lora.apply_lora``: a plain peft
+    ``get_peft_model`` rewrites the MLP names on DeepSeek-V2/V3 (see ``dsnb.model.lora``).
+    """
+    n_experts = _num_experts(getattr(model, "config", None))
+    names: list[str] = []
+    for full, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or ".layers." not in f".{full}.":
+            continue
+        leaf = full.rsplit(".", 1)[-1]
+        if n_experts is not None and module.out_features == n_experts and "gate" in leaf:
+            continue  # an MoE router implemented as a Linear (e.g. Mixtral, Qwen-MoE)
+        if leaf not in names:
+            names.append(leaf)
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers under '.layers.' to adapt with LoRA")
+    return names
+
+
+def lora_target_parameters(model: nn.Module) -> list[str]:
+    """Names (relative to a decoder layer) of fused routed-expert weights, for peft's ``target_parameters``.
+
+    In transformers 5, DeepSeek's routed experts are 3-D parameters such as
+    ``mlp.experts.gate_up_proj`` (experts × 2·inter × hidden), not ``nn.Linear`` modules, so they are
+    targeted with ``LoraConfig(target_parameters=[...])``. Empty for dense models.
+    """
+    names: list[str] = []
+    for full, param in model.named_parameters():
+        if param.dim() != 3 or ".experts." not in full or ".layers." not in full:
+            continue
+        rel = full.split(".layers.", 1)[1].split(".", 1)[1]
+        if rel not in names:
+            names.append(rel)
+    return names

@@ -1,6 +1,6 @@
 """Command-line fine-tuning: ``python -m dsnb.train CONFIG.yaml [--set key=value ...] [--resume auto]``.
 
-The same ``dsnb.sft.run_sft`` the notebooks call, for runs outside Jupyter and on several
+The same ``dsnb.train.sft.run_sft`` the notebooks call, for runs outside Jupyter and on several
 processes: under ``torchrun --nproc_per_node N -m dsnb.train ...`` or
 ``accelerate launch --config_file configs/accelerate/ddp.yaml -m dsnb.train ...`` each process
 trains on its shard of every batch (DDP; gloo on CPU, NCCL on GPUs) and the effective batch is
@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from dsnb.cache import write_json_atomic
-from dsnb.course import parse_value
-from dsnb.sft import FinetuneConfig, is_main_process, run_sft
+from dsnb.train.config import FinetuneConfig, is_main_process
+from dsnb.train.sft import run_sft
+from dsnb.values import parse_value
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsnb import codeprep, dedup, dialogue, imagetext, lexical
 from dsnb.cache import atomic_directory, build_lock, cache_dir, write_json_atomic
-from dsnb.corpus import SPLITS, Corpus, course_corpus
+from dsnb.data import codeprep, dedup, dialogue, imagetext, lexical
+from dsnb.data.corpus import SPLITS, Corpus, course_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def write_splits(result: PipelineResult, directory: Path) -> dict[str, dict[str,
         dial_rows[d.split].append({"messages": d.messages(), "intent": d.intent})
     code_rows = {s: [] for s in SPLITS}
     split_of_file = {}
-    from dsnb.corpus import split_of
+    from dsnb.data.corpus import split_of
 
     for c in result.code["subset"]:
         split = split_of_file.setdefault(c.path, split_of(c.path.removesuffix(".py").replace("/", ".")))
@@ -349,7 +349,7 @@ def report_dict(result: PipelineResult) -> dict[str, Any]:
 
 def load_prepared(kind: str, split: str = "train", directory: str | Path | None = None):
     """A cleaned split as a validated ``datasets.Dataset`` (``kind``: text, chat or code; notebooks 03-06)."""
-    from dsnb.records import load_records
+    from dsnb.data.records import load_records
 
     if kind not in PREPARED_KINDS:
         raise ValueError(f"unknown kind {kind!r}; use one of {tuple(PREPARED_KINDS)}")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dsnb.memory import GiB, TrainingPlan, _as_shape, estimate_training_memory
+from dsnb.plan.estimate import GiB, TrainingPlan, _as_shape, estimate_training_memory
 
 MiB = 2**20
 #: Fraction of each GPU's memory kept free for the CUDA context, fragmentation and spikes (claim C31).
@@ -121,7 +121,7 @@ def probe(libraries: tuple[str, ...] | None = None) -> HardwareReport:
     import psutil
     import torch
 
-    from dsnb.doctor import KEY_LIBRARIES
+    from dsnb.plan.doctor import KEY_LIBRARIES
 
     libs = {}
     for name in libraries or KEY_LIBRARIES:
@@ -361,10 +361,10 @@ def version_checks() -> list[dict[str, Any]]:
     """Claim C08, checked: the article's pins against what the installed stack requires and provides.
 
     Every "needs" value is read from installed metadata or source (``dsnb`` itself via
-    ``dsnb.doctor.required_versions``, transformers' ``Requires-Python`` and its torch gate), and
+    ``dsnb.plan.doctor.required_versions``, transformers' ``Requires-Python`` and its torch gate), and
     every feature is probed on the installed packages.
     """
-    from dsnb.doctor import required_versions, version_at_least
+    from dsnb.plan.doctor import required_versions, version_at_least
 
     need = required_versions()
     rows = []

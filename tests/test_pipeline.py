@@ -1,4 +1,4 @@
-"""The data pipeline, its quality report and the cached cleaned splits (dsnb.quality)."""
+"""The data pipeline, its quality report and the cached cleaned splits (dsnb.data.pipeline)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from dsnb import quality
-from dsnb.corpus import build_corpus, stdlib_root
+from dsnb.data import pipeline
+from dsnb.data.corpus import build_corpus, stdlib_root
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +17,12 @@ def small_corpus():
 
 @pytest.fixture(scope="module")
 def config():
-    return quality.PipelineConfig(n_dialogues=300, ocr_samples=4)
+    return pipeline.PipelineConfig(n_dialogues=300, ocr_samples=4)
 
 
 @pytest.fixture(scope="module")
 def result(small_corpus, config):
-    return quality.run_pipeline(small_corpus, config, extra_code={"broken.py": "def f(:\n"})
+    return pipeline.run_pipeline(small_corpus, config, extra_code={"broken.py": "def f(:\n"})
 
 
 def test_every_dimension_accounts_for_every_row(result):
@@ -40,10 +40,10 @@ def test_targets_are_judged(result):
     code = result.dimensions["code"]
     assert code.removed["does not parse"] == 1
     assert all(c.complexity > 3 for c in result.code["subset"])
-    tables = quality.quality_tables(result)
+    tables = pipeline.quality_tables(result)
     assert set(tables) == {"domain text", "dialogue", "code", "image-text"}
     assert list(tables["code"].columns) == ["rows in", "rows kept", "metric", "value", "target", "verdict"]
-    assert {r["dimension"] for r in quality.stage_rates(result)} >= {"domain text", "dialogue", "code"}
+    assert {r["dimension"] for r in pipeline.stage_rates(result)} >= {"domain text", "dialogue", "code"}
 
 
 @pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract binary not installed (apt-get install tesseract-ocr)")
@@ -55,14 +55,14 @@ def test_image_text_subsample(result):
 
 def test_prepare_data_is_cached_and_loads(small_corpus, config, tmp_path, monkeypatch):
     monkeypatch.setenv("DSNB_CACHE", str(tmp_path))
-    cfg = quality.PipelineConfig(n_dialogues=300, ocr_samples=0)
-    path = quality.prepare_data(small_corpus, cfg)
+    cfg = pipeline.PipelineConfig(n_dialogues=300, ocr_samples=0)
+    path = pipeline.prepare_data(small_corpus, cfg)
     assert path.parent == tmp_path / "data"
     stamp = (path / "report.json").stat().st_mtime_ns
-    assert quality.prepare_data(small_corpus, cfg) == path
+    assert pipeline.prepare_data(small_corpus, cfg) == path
     assert (path / "report.json").stat().st_mtime_ns == stamp
-    chat = quality.load_prepared("chat", "train", path)
+    chat = pipeline.load_prepared("chat", "train", path)
     assert len(chat) > 0 and chat[0]["messages"][0]["role"] == "user"
-    assert "complexity" in quality.load_prepared("code", "train", path).column_names
+    assert "complexity" in pipeline.load_prepared("code", "train", path).column_names
     with pytest.raises(ValueError, match="unknown kind"):
-        quality.load_prepared("audio", "train", path)
+        pipeline.load_prepared("audio", "train", path)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from nltk.classify import NaiveBayesClassifier
 from nltk.classify import accuracy as nltk_accuracy
 
-from dsnb.corpus import InstructionPair
+from dsnb.data.corpus import InstructionPair
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def score_response(response: str, reference: str, name: str, *, min_tokens: int 
 def lm_loss_per_token(texts: list[str], model, tokenizer, *, max_length: int = 128) -> list[float]:
     """Mean next-token cross-entropy of each text under a causal LM (lower reads as more fluent).
 
-    One forward pass per text; keep ``texts`` short. Works with ``dsnb.modeling.base_model()``.
+    One forward pass per text; keep ``texts`` short. Works with ``dsnb.model.load.base_model()``.
     """
     import torch
 

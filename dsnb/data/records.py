@@ -141,7 +141,7 @@ def samples_dir() -> Path:
 
     Found next to the package in a source checkout (``pip install -e .``), as the course installs it.
     """
-    path = Path(__file__).resolve().parent.parent / "data_samples"
+    path = Path(__file__).resolve().parents[2] / "data_samples"
     if not path.is_dir():
         raise FileNotFoundError(f"{path} not found: data_samples/ ships with the course repository; run from a "
                                 "checkout installed with `pip install -e .`")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from dsnb.sft import SFTData, data_collator, prompt_ids
+from dsnb.train.chat import SFTData, data_collator, prompt_ids
 
 
 def _device(model: nn.Module) -> torch.device:

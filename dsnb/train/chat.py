@@ -1,0 +1,237 @@
+"""Fine-tuning data as chat conversations, with labels on the answer tokens only.
+
+The corpus's instruction pairs (a function's signature -> its one-line summary; code -> the next
+line) become conversations through the tokenizer's chat template; labels are the assistant tokens
+only (prompt and padding are -100), taken from ``apply_chat_template(...,
+return_assistant_tokens_mask=True)``. ``load_split`` also reads notebook 02's cleaned dialogues.
+``pack_examples`` (optional packing) and ``data_collator`` (padding to a multiple of 16) make the
+batches.
+
+Taught in notebook 03.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import (
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerBase,
+)
+
+from dsnb.data.corpus import InstructionPair
+from dsnb.train.config import DEFAULT_TASKS, TASKS, ConfigError, FinetuneConfig
+
+logger = logging.getLogger(__name__)
+
+
+SUMMARY_PROMPT = "Summarize this Python function in one line.\n"
+
+
+NEXT_LINE_PROMPT = "Write the next line of this Python code.\n"
+
+
+def _stable_int(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+def _body_lines(source: str) -> list[str]:
+    """The non-blank lines of a function's body after its docstring (indentation kept)."""
+    try:
+        node = ast.parse(source).body[0]
+    except (SyntaxError, IndexError):
+        return []
+    body = getattr(node, "body", [])
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    if not body:
+        return []
+    lines = source.splitlines()[body[0].lineno - 1:]
+    return [ln for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def chat_messages(pair: InstructionPair, task: str, context_lines: int = 6) -> list[dict[str, str]] | None:
+    """One conversation for ``task`` built from ``pair`` (None if the pair cannot make one).
+
+    ``summary``: the signature in, its docstring's one-line summary out. ``next_line``: the signature
+    and up to ``context_lines`` body lines in, the following body line out (the line chosen by a hash
+    of the function's name, so the choice is deterministic).
+    """
+    if task == "summary":
+        return [{"role": "user", "content": SUMMARY_PROMPT + pair.signature},
+                {"role": "assistant", "content": pair.summary}]
+    if task == "next_line":
+        lines = _body_lines(pair.source)
+        if len(lines) < 2:
+            return None
+        k = 1 + _stable_int(pair.qualname) % (len(lines) - 1)
+        context = "\n".join([pair.signature, *lines[max(0, k - context_lines):k]])
+        return [{"role": "user", "content": NEXT_LINE_PROMPT + context},
+                {"role": "assistant", "content": lines[k]}]
+    raise ConfigError(f"unknown task {task!r}; use one of {TASKS}")
+
+
+def tokenize_chat(messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
+    """Token ids, attention mask and completion-only labels of one conversation.
+
+    The chat template's ``{% generation %}`` markers give the assistant mask; every other position
+    (BOS, system, user turns, role tags) gets label -100 and so adds nothing to the loss.
+    """
+    enc = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids = list(enc["input_ids"])
+    mask = list(enc["assistant_masks"])
+    if not any(mask):
+        raise ValueError(
+            "the chat template marked no assistant tokens: it needs {% generation %} markers (dsnb's "
+            "template has them) or the conversation has no assistant turn"
+        )
+    labels = [t if m else -100 for t, m in zip(ids, mask, strict=True)]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def prompt_ids(messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids of everything before the assistant's answer, ending with the generation prompt."""
+    enc = tokenizer.apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True, return_dict=True)
+    return list(enc["input_ids"])
+
+
+@dataclass
+class SFTData:
+    """Tokenized examples of one split and what building them removed (and why)."""
+
+    split: str
+    examples: list[dict[str, list[int]]]
+    messages: list[list[dict[str, str]]]
+    tasks: list[str]
+    removed: dict[str, int]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def report(self) -> dict[str, Any]:
+        """Counts per task, label tokens and removals, for a table."""
+        label_tokens = sum(sum(t != -100 for t in e["labels"]) for e in self.examples)
+        total = sum(len(e["input_ids"]) for e in self.examples)
+        return {"split": self.split, "examples": len(self), "tokens": total, "label tokens": label_tokens,
+                **{f"task {t}": self.tasks.count(t) for t in sorted(set(self.tasks))},
+                **{f"removed: {k}": v for k, v in self.removed.items()}}
+
+
+def build_sft_data(
+    pairs: list[InstructionPair],
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: tuple[str, ...] = DEFAULT_TASKS,
+    max_seq_len: int = 128,
+    limit: int | None = None,
+    seed: int = 0,
+    split: str = "train",
+    dialogues: list[list[dict[str, str]]] | None = None,
+) -> SFTData:
+    """Tokenized completion-only examples for ``tasks`` (one example per pair and task).
+
+    ``summary`` and ``next_line`` are made from ``pairs``; ``dialogue`` takes the conversations in
+    ``dialogues`` as they are (notebook 02's cleaned chat split, see ``load_split``).
+    Conversations longer than ``max_seq_len`` tokens are removed (not cut, which would drop the answer)
+    and counted in ``removed``, as are pairs a task cannot use. Examples are shuffled with ``seed``;
+    ``limit`` keeps the first ``limit`` of them.
+    """
+    removed = {"longer than max_seq_len": 0, "no body line to predict": 0}
+    rows: list[tuple[str, list[dict[str, str]], dict[str, list[int]]]] = []
+    for task in tasks:
+        if task == "dialogue" and dialogues is None:
+            raise ConfigError("task 'dialogue' needs conversations: pass dialogues=... (e.g. from "
+                              "dsnb.data.pipeline.load_prepared('chat', split)) or use dsnb.train.chat.load_split")
+        for item in (dialogues if task == "dialogue" else pairs):
+            messages = [dict(m) for m in item] if task == "dialogue" else chat_messages(item, task)
+            if messages is None:
+                removed["no body line to predict"] += 1
+                continue
+            enc = tokenize_chat(messages, tokenizer)
+            if len(enc["input_ids"]) > max_seq_len:
+                removed["longer than max_seq_len"] += 1
+                continue
+            rows.append((task, messages, enc))
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    rows = [rows[i] for i in order]
+    if limit is not None and limit < len(rows):
+        removed[f"beyond limit={limit}"] = len(rows) - limit
+        rows = rows[:limit]
+    logger.info("%s: %d SFT examples from %d pairs; removed %s", split, len(rows), len(pairs), removed)
+    return SFTData(split, [r[2] for r in rows], [r[1] for r in rows], [r[0] for r in rows], removed)
+
+
+def pack_examples(examples: list[dict[str, list[int]]], max_seq_len: int) -> list[dict[str, list[int]]]:
+    """Greedily join whole examples into sequences of at most ``max_seq_len`` tokens (packing).
+
+    Labels keep their -100 masks, so the loss still covers answers only. Attention is not reset at
+    example boundaries (the usual cheap packing); fewer padding tokens make each step cheaper.
+    """
+    packed: list[dict[str, list[int]]] = []
+    cur: dict[str, list[int]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for ex in examples:
+        if len(ex["input_ids"]) > max_seq_len:
+            raise ValueError(f"an example of {len(ex['input_ids'])} tokens is longer than max_seq_len={max_seq_len}")
+        if cur["input_ids"] and len(cur["input_ids"]) + len(ex["input_ids"]) > max_seq_len:
+            packed.append(cur)
+            cur = {"input_ids": [], "attention_mask": [], "labels": []}
+        for key in cur:
+            cur[key] = cur[key] + list(ex[key])
+    if cur["input_ids"]:
+        packed.append(cur)
+    return packed
+
+
+def to_dataset(examples: list[dict[str, list[int]]]):
+    """A ``datasets.Dataset`` of the examples (what the Trainer reads)."""
+    from datasets import Dataset
+
+    return Dataset.from_list(examples)
+
+
+def data_collator(tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = 16) -> DataCollatorForSeq2Seq:
+    """Pads ``input_ids`` with the pad token, ``attention_mask`` with 0 and ``labels`` with -100.
+
+    Padding to a multiple of 16 keeps the number of distinct batch shapes small; each new shape costs
+    a slow first step on CPU (kernel selection) and on GPU (allocator, compiled kernels).
+    """
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt",
+                                  pad_to_multiple_of=pad_to_multiple_of)
+
+
+def load_split(cfg: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, split: str, limit: int | None = None,
+               corpus=None) -> SFTData:
+    """The SFT examples of one corpus split (train, validation or test) for ``cfg.tasks``.
+
+    ``dialogue`` reads the cleaned chat records notebook 02 prepared (``dsnb.data.pipeline.load_prepared``,
+    built and cached on first use); the other tasks come from the corpus's instruction pairs.
+    """
+    from dsnb.data.corpus import course_corpus
+
+    corpus = corpus or course_corpus()
+    dialogues = None
+    if "dialogue" in cfg.tasks:
+        from dsnb.data.pipeline import load_prepared, prepare_data
+
+        dialogues = load_prepared("chat", split, prepare_data(corpus))["messages"]
+    return build_sft_data(corpus.pairs_in(split), tokenizer, cfg.tasks, cfg.max_seq_len, limit, cfg.seed, split,
+                          dialogues)
+
+
+def load_sft_data(cfg: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, corpus=None) -> tuple[SFTData, SFTData]:
+    """Training (train split) and evaluation (validation split) data for ``cfg``."""
+    return (load_split(cfg, tokenizer, "train", cfg.train_examples, corpus),
+            load_split(cfg, tokenizer, "validation", cfg.eval_examples, corpus))
+
+
+def label_view(example: dict[str, list[int]], tokenizer: PreTrainedTokenizerBase) -> list[dict[str, Any]]:
+    """One row per token of ``example``: the token text and whether it is trained on (label != -100)."""
+    return [{"position": i, "token": tokenizer.decode([t]), "in loss": lab != -100}
+            for i, (t, lab) in enumerate(zip(example["input_ids"], example["labels"], strict=True))]

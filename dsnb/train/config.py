@@ -1,0 +1,262 @@
+"""The fine-tuning recipe: ``FinetuneConfig`` and the checks on it.
+
+``FinetuneConfig`` is a small dataclass whose fields map one-to-one onto
+``transformers.TrainingArguments`` (``FinetuneConfig.training_arguments``) plus the data and model
+choices (tasks, LoRA or full, layers to freeze, dropout, packing). Loaded from YAML by
+``python -m dsnb.train``. ``plan_batch`` / ``effective_batch``: per-device batch × accumulation ×
+processes (claims C14, C30); a global batch the process count does not divide is rejected.
+``resolve_precision`` picks bf16 / fp16 / fp32 for the hardware at hand.
+
+Taught in notebook 03.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    TrainingArguments,
+)
+
+from dsnb.train.schedules import scaled_warmup_steps, schedule_arguments
+
+logger = logging.getLogger(__name__)
+
+
+TASKS = ("summary", "next_line", "dialogue")
+
+
+DEFAULT_TASKS = ("summary", "next_line")
+
+
+METHODS = ("full", "lora")
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class BatchSizeError(ValueError):
+    """The requested batch sizes cannot be met by this number of processes; the message says what to do."""
+
+
+class ConfigError(ValueError):
+    """A fine-tuning config is invalid; the message says which field and what to do."""
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything one SFT run needs. Training fields map one-to-one onto ``TrainingArguments``.
+
+    The CPU defaults fine-tune the course's tiny DeepSeek-V3 in well under a minute; the shipped
+    ``configs/sft/*.yaml`` recipes set the values for real checkpoints. ``extra_training_arguments``
+    passes any other ``TrainingArguments`` field through unchanged (e.g. ``fsdp``, ``deepspeed``).
+    """
+
+    # model
+    model: str = "dsnb-tiny"
+    model_type: str | None = None  # the architecture a recipe expects (checked after loading)
+    method: str = "full"  # "full" or "lora"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_experts: bool = False  # also adapt fused routed-expert tensors (peft target_parameters)
+    freeze_first_layers: int = 0  # claim C18: keep the first N decoder layers (and embeddings) fixed
+    dropout: float | None = None  # override the model's attention dropout (None keeps it)
+    # data
+    tasks: tuple[str, ...] = DEFAULT_TASKS  # "dialogue" adds notebook 02's cleaned conversations
+    max_seq_len: int = 128
+    packing: bool = False
+    train_examples: int | None = None  # None: every training pair
+    eval_examples: int | None = 256
+    # optimisation -> TrainingArguments
+    output_dir: str = "runs/sft"
+    max_steps: int = 200
+    per_device_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    global_batch_size: int | None = None  # if set, accumulation is derived from it (and checked)
+    learning_rate: float = 2e-3
+    min_learning_rate: float = 2e-5  # the floor of the linear decay (C10: 1e-6 at 3e-5 peak)
+    warmup_steps: int | None = None  # None: the real recipe's 500/10 000 fraction of max_steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    label_smoothing: float = 0.0
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    early_stopping_patience: int | None = None
+    logging_steps: int = 10
+    eval_steps: int | None = 50
+    save_steps: int | None = None
+    save_total_limit: int | None = 2
+    compress_checkpoints: bool = False
+    seed: int = 0
+    report_to: str = "none"
+    extra_training_arguments: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        for f in fields(self):  # YAML 1.1 reads "1e-5" (no dot) as a string
+            value = getattr(self, f.name)
+            if isinstance(value, str) and "float" in str(f.type):
+                try:
+                    setattr(self, f.name, float(value))
+                except ValueError:
+                    raise ConfigError(f"{f.name}={value!r}: expected a number") from None
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r}: use one of {METHODS}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}: use one of {PRECISIONS}")
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown or not self.tasks:
+            raise ConfigError(f"tasks={self.tasks!r}: choose one or more of {TASKS}")
+        if self.max_steps < 1 or self.per_device_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ConfigError("max_steps, per_device_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.min_learning_rate >= self.learning_rate:
+            raise ConfigError(
+                f"min_learning_rate ({self.min_learning_rate}) must be below learning_rate ({self.learning_rate})"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FinetuneConfig:
+        """Build from a mapping (e.g. parsed YAML); unknown keys raise ``ConfigError`` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> FinetuneConfig:
+        """Load a recipe such as ``configs/sft/tiny.yaml``."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; see configs/sft/ for examples")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must hold a mapping of config keys, not {type(values).__name__}")
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (YAML/JSON friendly)."""
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    def replace(self, **changes: Any) -> FinetuneConfig:
+        """A copy with some fields changed."""
+        return FinetuneConfig.from_dict({**self.to_dict(), **changes})
+
+    def accumulation_for(self, processes: int) -> int:
+        """Gradient accumulation steps for ``processes`` processes (from ``global_batch_size`` if set)."""
+        if self.global_batch_size is None:
+            return self.gradient_accumulation_steps
+        return plan_batch(self.global_batch_size, self.per_device_batch_size, processes)
+
+    def training_arguments(self, processes: int | None = None) -> TrainingArguments:
+        """The ``TrainingArguments`` this config stands for (one field each, plus the schedule)."""
+        processes = processes or world_size()
+        precision = resolve_precision(self.precision)
+        warmup = self.warmup_steps if self.warmup_steps is not None else scaled_warmup_steps(self.max_steps)
+        evaluate = self.eval_steps is not None
+        values: dict[str, Any] = dict(
+            output_dir=self.output_dir,
+            max_steps=self.max_steps,
+            per_device_train_batch_size=self.per_device_batch_size,
+            per_device_eval_batch_size=self.per_device_batch_size,
+            gradient_accumulation_steps=self.accumulation_for(processes),
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            label_smoothing_factor=self.label_smoothing,
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            activation_checkpointing=self.gradient_checkpointing,  # transformers 5's name for it
+            activation_checkpointing_kwargs={"use_reentrant": False} if self.gradient_checkpointing else None,
+            logging_steps=self.logging_steps,
+            eval_strategy="steps" if evaluate else "no",
+            eval_steps=self.eval_steps,
+            save_strategy="steps" if self.save_steps else "no",
+            save_steps=self.save_steps or 500,
+            save_total_limit=self.save_total_limit,
+            seed=self.seed,
+            data_seed=self.seed,
+            report_to=self.report_to,
+            disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            ddp_find_unused_parameters=False,
+            **schedule_arguments(warmup, self.min_learning_rate),
+        )
+        if self.early_stopping_patience is not None:
+            if not evaluate:
+                raise ConfigError("early_stopping_patience needs eval_steps (it stops on the eval loss)")
+            values.update(metric_for_best_model="eval_loss", greater_is_better=False)
+            if self.save_steps:
+                values.update(load_best_model_at_end=True, save_steps=self.eval_steps)
+        values.update(self.extra_training_arguments)
+        return TrainingArguments(**values)
+
+
+def world_size() -> int:
+    """Number of training processes (``WORLD_SIZE`` as set by torchrun / accelerate launch; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True on the process that prints and saves (rank 0, or the only one)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def effective_batch(per_device: int, accumulation: int, processes: int = 1) -> int:
+    """Sequences per optimizer step: per-device batch × accumulation steps × processes (claim C14)."""
+    return per_device * accumulation * processes
+
+
+def plan_batch(global_batch: int, per_device: int, processes: int) -> int:
+    """The accumulation steps that reach ``global_batch`` with ``per_device`` on ``processes`` processes.
+
+    Raises ``BatchSizeError`` if the global batch is not a multiple of the process count (claim C30's
+    rule), or if the per-process share is not a multiple of the per-device batch.
+    """
+    if global_batch < 1 or per_device < 1 or processes < 1:
+        raise BatchSizeError("global batch, per-device batch and process count must all be >= 1")
+    if global_batch % processes:
+        raise BatchSizeError(
+            f"global batch {global_batch} is not a multiple of the {processes} processes: each process would "
+            f"see a different number of sequences. Use a multiple of {processes} (e.g. "
+            f"{(global_batch // processes + 1) * processes}) or change the number of processes."
+        )
+    share = global_batch // processes
+    if share % per_device:
+        raise BatchSizeError(
+            f"each of the {processes} processes must contribute {share} sequences per step, which is not a "
+            f"multiple of per_device_batch_size={per_device}. Pick a per-device batch that divides {share}."
+        )
+    return share // per_device
+
+
+def resolve_precision(precision: str = "auto") -> str:
+    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for this machine.
+
+    ``auto``: bf16 on a GPU that supports it (DeepSeek models were trained in bf16; fp16 is a known
+    source of NaN losses), fp16 with a loss scaler on older GPUs, fp32 on CPUs (bf16 autocast works on
+    CPU too, but is slower than fp32 on CPUs without bf16 units: notebook 08 measures it).
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r}: use one of {PRECISIONS}")
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        if not cuda:
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and not cuda:
+        raise ConfigError("precision='fp16' needs a CUDA GPU (the loss scaler is GPU-only); use 'bf16' or 'fp32' on CPU")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU has no bf16 support; use precision='fp16' (with loss scaling) or 'fp32'")
+    return precision

@@ -1,0 +1,170 @@
+"""Supervised fine-tuning (SFT) on ``transformers.Trainer``, from a laptop CPU to many GPUs.
+
+``build_trainer`` / ``run_sft``: a ``transformers.Trainer`` with the warmup-then-floor schedule
+(``dsnb.train.schedules``, claim C10), bf16/fp16 where the hardware has it, gradient checkpointing,
+label smoothing, early stopping, verified checkpoints (``dsnb.train.checkpoint``) and
+``LineProgress``. ``run_sft`` loads the model and data, trains, evaluates and resumes.
+
+Taught in notebook 03.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    EarlyStoppingCallback,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from dsnb.model.load import load_model
+from dsnb.progress import LineProgress
+from dsnb.train.chat import SFTData, data_collator, load_sft_data, pack_examples, to_dataset
+from dsnb.train.checkpoint import ManifestCallback
+from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, is_main_process, resolve_precision
+from dsnb.train.prepare import prepare_model
+
+logger = logging.getLogger(__name__)
+
+
+def describe_batch(args: TrainingArguments) -> str:
+    """The line printed at the start of every run: how the effective batch is made up."""
+    n = args.world_size
+    eff = effective_batch(args.per_device_train_batch_size, args.gradient_accumulation_steps, n)
+    return (f"effective batch {eff} = {args.per_device_train_batch_size} per device x "
+            f"{args.gradient_accumulation_steps} accumulation x {n} process{'es' if n > 1 else ''}")
+
+
+def build_trainer(
+    cfg: FinetuneConfig,
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: Any,
+    eval_dataset: Any | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+    progress: bool = True,
+) -> Trainer:
+    """A ``transformers.Trainer`` set up from ``cfg``: schedule, precision, checkpoints, progress lines."""
+    args = cfg.training_arguments()
+    cbs: list[TrainerCallback] = [ManifestCallback(compress=cfg.compress_checkpoints)]
+    if progress and is_main_process():
+        cbs.append(LineProgress("sft", lines=10))
+    if cfg.early_stopping_patience is not None:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    cbs += list(callbacks or [])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_dataset,
+        eval_dataset=eval_dataset if cfg.eval_steps is not None else None,
+        data_collator=data_collator(tokenizer), processing_class=tokenizer, callbacks=cbs,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+@dataclass
+class SFTResult:
+    """What ``run_sft`` returns: the trained model and everything measured about the run."""
+
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    trainer: Trainer
+    train: SFTData
+    eval: SFTData | None
+    info: dict[str, Any]
+    log_history: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def train_losses(self) -> tuple[list[int], list[float]]:
+        """(steps, training loss) as logged."""
+        rows = [(r["step"], r["loss"]) for r in self.log_history if "loss" in r]
+        return [s for s, _ in rows], [v for _, v in rows]
+
+    @property
+    def eval_losses(self) -> tuple[list[int], list[float]]:
+        """(steps, eval loss) as logged."""
+        rows = [(r["step"], r["eval_loss"]) for r in self.log_history if "eval_loss" in r]
+        return [s for s, _ in rows], [v for _, v in rows]
+
+
+def restore_full_weights(model: nn.Module, checkpoint: str | Path) -> bool:
+    """Load a checkpoint's weights into ``model`` through ``from_pretrained`` (weight conversions applied).
+
+    Needed for MoE models in transformers 5: a checkpoint stores routed experts per expert
+    (``experts.0.gate_proj.weight`` ...) while the model holds them fused (``experts.gate_up_proj``), and
+    the Trainer's own resume loads the file with ``strict=False``, so the experts would silently keep
+    their pre-resume values. Returns True if weights were loaded (full models; adapters load as usual).
+    """
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = Path(checkpoint)
+    if hasattr(model, "peft_config") or not (checkpoint / "config.json").is_file():
+        return False
+    loaded = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")
+    return True
+
+
+def run_sft(
+    cfg: FinetuneConfig,
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    corpus=None,
+    resume_from: str | Path | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+    progress: bool = True,
+) -> SFTResult:
+    """Fine-tune ``cfg.model`` (or the given model) on the corpus tasks; return model, logs and timings.
+
+    ``resume_from`` is a checkpoint directory (verified first, see ``dsnb.train.checkpoint.prepare_resume``)
+    or ``"auto"`` for the newest complete checkpoint in ``cfg.output_dir``.
+    """
+    from dsnb.train.checkpoint import find_resumable, prepare_resume
+
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model, loaded_tok = load_model(cfg.model, dtype=torch.float32)
+        tokenizer = tokenizer or loaded_tok
+    if tokenizer is None:
+        raise ConfigError("pass the tokenizer together with the model")
+    model, info = prepare_model(model, cfg)
+    train, evald = load_sft_data(cfg, tokenizer, corpus)
+    train_examples = pack_examples(train.examples, cfg.max_seq_len) if cfg.packing else train.examples
+    info.update(train_examples=len(train), train_sequences=len(train_examples))
+    trainer = build_trainer(cfg, model, tokenizer, to_dataset(train_examples), to_dataset(evald.examples),
+                            callbacks, progress)
+    args = trainer.args
+    info.update(processes=args.world_size, accumulation=args.gradient_accumulation_steps,
+                effective_batch=effective_batch(args.per_device_train_batch_size, args.gradient_accumulation_steps,
+                                                args.world_size),
+                precision=resolve_precision(cfg.precision))
+    if is_main_process():
+        print(f"sft: {describe_batch(args)}; {info['trainable']:,} of {info['total']:,} parameters trainable "
+              f"({cfg.method}); precision {info['precision']}", flush=True)
+    checkpoint = None
+    if resume_from is not None:
+        found = find_resumable(cfg.output_dir) if str(resume_from) == "auto" else Path(resume_from)
+        checkpoint = str(prepare_resume(found)) if found is not None else None
+        if checkpoint is None:
+            logger.info("no complete checkpoint in %s; starting from scratch", cfg.output_dir)
+    if checkpoint is not None:
+        restore_full_weights(model, checkpoint)
+    t0 = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - t0
+    info.update(train_loss=output.training_loss, steps=trainer.state.global_step, resumed_from=checkpoint)
+    model.eval()
+    return SFTResult(model, tokenizer, trainer, train, evald, info, list(trainer.state.log_history), seconds)
