@@ -3,7 +3,15 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from dsnb.plan.doctor import Check, library_checks, render, required_versions, run_checks, version_at_least
+from dsnb.plan.doctor import (
+    Check,
+    dependency_minimum,
+    library_checks,
+    render,
+    required_versions,
+    run_checks,
+    version_at_least,
+)
 
 
 def test_version_comparison():
@@ -12,6 +20,19 @@ def test_version_comparison():
     assert not version_at_least("4.30.2", "5.0")
     assert not version_at_least("2.0.1", "2.4")
     assert version_at_least("1.0.0rc1", "1.0")
+    assert version_at_least("2.6.0a0+ecf3bae", "2.6")  # NVIDIA containers' torch
+    assert version_at_least("5.10.0", "5.9")  # numeric, not string, ordering
+
+
+def test_dependency_minimum_reads_installed_metadata():
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    declared = [Requirement(r) for r in md.requires("transformers") if r.startswith("torch")]
+    torch_extra = [r for r in declared if r.marker is not None and r.marker.evaluate({"extra": "torch"})]
+    assert dependency_minimum("transformers", "torch", extra="torch") == next(iter(torch_extra[0].specifier)).version
+    assert dependency_minimum("transformers", "surely-not-a-dependency") is None
 
 
 def test_required_versions_come_from_pyproject():

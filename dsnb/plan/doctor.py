@@ -52,19 +52,35 @@ class Check:
     fix: str = ""
 
 
-def _version_tuple(v: str) -> tuple[int, ...]:
-    out = []
-    for part in v.split("+")[0].split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
-        if not digits:
-            break
-        out.append(int(digits))
-    return tuple(out)
-
-
 def version_at_least(found: str, minimum: str) -> bool:
-    """True when version string ``found`` is at least ``minimum`` (local labels like ``+cpu`` ignored)."""
-    return _version_tuple(found) >= _version_tuple(minimum)
+    """True when version string ``found`` is at least ``minimum`` (``packaging.version`` ordering).
+
+    ``found`` is compared by its release number: local labels (``+cpu``) and pre-release tags are
+    ignored, so the ``2.6.0a0+git…`` torch of NVIDIA's containers counts as 2.6.0.
+    """
+    from packaging.version import Version
+
+    return Version(Version(found).base_version) >= Version(minimum)
+
+
+def dependency_minimum(package: str, dependency: str, extra: str | None = None) -> str | None:
+    """The lower bound ``package`` declares for ``dependency`` (optionally under one of its extras).
+
+    Read from installed metadata, e.g. ``dependency_minimum("transformers", "torch", extra="torch")``
+    is the torch version below which transformers disables PyTorch. ``None`` when nothing is declared.
+    """
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    lows = []
+    for line in md.requires(package) or []:
+        req = Requirement(line)
+        if req.name != dependency:
+            continue
+        if req.marker is not None and not req.marker.evaluate({"extra": extra or ""}):
+            continue
+        lows += [s.version for s in req.specifier if s.operator in (">=", "==", "~=")]
+    return max(lows, key=Version) if lows else None
 
 
 def library_checks(required: dict[str, str] | None = None) -> list[Check]:

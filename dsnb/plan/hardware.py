@@ -15,11 +15,9 @@ Taught in notebook 00.
 from __future__ import annotations
 
 import importlib.metadata as md
-import inspect
 import itertools
 import os
 import platform
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -347,45 +345,42 @@ ARTICLE_PINS = {"python": "3.10", "torch": "2.0.1", "transformers": "4.30.0", "d
 DEEPSEEK_V3_FIRST_TRANSFORMERS = "4.51.0"
 
 
-def _transformers_min_torch() -> str | None:
-    try:
-        from transformers.utils import import_utils
-
-        m = re.search(r'"(\d+\.\d+(?:\.\d+)?)"', inspect.getsource(import_utils.is_torch_available))
-        return m.group(1) if m else None
-    except Exception:  # noqa: BLE001 - a missing detail only removes one line of the table
-        return None
-
-
 def version_checks() -> list[dict[str, Any]]:
     """Claim C08, checked: the article's pins against what the installed stack requires and provides.
 
-    Every "needs" value is read from installed metadata or source (``dsnb`` itself via
-    ``dsnb.plan.doctor.required_versions``, transformers' ``Requires-Python`` and its torch gate), and
+    Every "needs" value is read from installed metadata (``dsnb`` itself via
+    ``dsnb.plan.doctor.required_versions``, transformers' ``Requires-Python`` and the torch bound of its
+    ``torch`` extra), and
     every feature is probed on the installed packages.
     """
-    from dsnb.plan.doctor import required_versions, version_at_least
+    from packaging.version import Version
+
+    from dsnb.plan.doctor import dependency_minimum, required_versions, version_at_least
 
     need = required_versions()
+    tf_torch = dependency_minimum("transformers", "torch", extra="torch")
     rows = []
     tf_python = (md.metadata("transformers").get("Requires-Python") or "").replace(">=", "")
     py_ok = version_at_least(ARTICLE_PINS["python"], tf_python) if tf_python else None
     rows.append({"item": "python", "article pin": ARTICLE_PINS["python"], "course needs": f">={tf_python}",
                  "installed": platform.python_version(), "pin works": py_ok,
                  "why": f"installed transformers declares Requires-Python >={tf_python}"})
-    torch_min = max([v for v in (need.get("torch"), _transformers_min_torch()) if v], key=lambda v: tuple(
-        int(x) for x in v.split(".")))
+    torch_min = max([v for v in (need.get("torch"), tf_torch) if v], key=Version)
     rows.append({"item": "torch", "article pin": ARTICLE_PINS["torch"], "course needs": f">={torch_min}",
                  "installed": md.version("torch"), "pin works": version_at_least(ARTICLE_PINS["torch"], torch_min),
-                 "why": f"transformers disables PyTorch below {_transformers_min_torch()}; dsnb requires >={need.get('torch')}"})
+                 "why": f"transformers requires torch>={tf_torch} (and disables PyTorch below it); dsnb requires >={need.get('torch')}"})
     import transformers
 
     has_v3 = hasattr(transformers, "DeepseekV3ForCausalLM")
     fused = False
-    if has_v3:
+    if has_v3:  # build one tiny MoE layer on the meta device and look at its expert weights
+        import torch
+        from transformers.models.deepseek_v3 import DeepseekV3Config
         from transformers.models.deepseek_v3 import modeling_deepseek_v3 as mv3
 
-        fused = "gate_up_proj" in inspect.getsource(mv3.DeepseekV3Experts.__init__)
+        cfg = DeepseekV3Config(hidden_size=8, moe_intermediate_size=4, n_routed_experts=2)
+        with torch.device("meta"):
+            fused = any(p.dim() == 3 for p in mv3.DeepseekV3MoE(cfg).experts.parameters())
     rows.append({"item": "transformers", "article pin": ARTICLE_PINS["transformers"],
                  "course needs": f">={need.get('transformers')}", "installed": transformers.__version__,
                  "pin works": version_at_least(ARTICLE_PINS["transformers"], need.get("transformers", "0")),
