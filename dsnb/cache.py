@@ -2,7 +2,9 @@
 
 Everything goes under one cache directory, ``~/.cache/dsnb`` by default; set ``DSNB_CACHE`` to move it.
 Files are written atomically (a temporary name, then ``os.replace``) so an interrupted run never
-leaves a half-written file that a later run would trust. Taught in notebook 01.
+leaves a half-written file that a later run would trust; they get the permissions the umask gives
+any new file (0644 / 0755 under the usual umask 022), so a cache or output folder shared by a team
+stays readable. Taught in notebook 01.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import IO, Any
 from filelock import FileLock
 
 ENV_VAR = "DSNB_CACHE"
+#: Suffix of the temporary names ``atomic_file`` / ``atomic_directory`` write to (``.<name>.<random>.tmp``).
+TMP_SUFFIX = ".tmp"
 
 
 def cache_dir(*parts: str) -> Path:
@@ -32,6 +36,18 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_like_new(path: str | Path, directory: bool = False) -> None:
+    """Give ``path`` the mode ``open``/``mkdir`` would (``mkstemp``/``mkdtemp`` make 0600/0700)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Yield a file opened on a temporary name next to ``path``; on success it becomes ``path``.
@@ -41,8 +57,9 @@ def atomic_file(path: str | Path, mode: str = "wb", **open_kwargs: Any) -> Itera
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
+        _chmod_like_new(tmp)
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
             f.flush()
@@ -68,8 +85,9 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=TMP_SUFFIX))
     try:
+        _chmod_like_new(tmp, directory=True)
         yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old")

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 from filelock import Timeout
 
-from dsnb.cache import atomic_directory, build_lock, cache_dir, write_json_atomic
+from dsnb.cache import atomic_directory, atomic_file, build_lock, cache_dir, write_json_atomic
 
 
 def test_cache_dir_honours_env(tmp_path, monkeypatch):
@@ -43,6 +45,24 @@ def test_atomic_directory_replaces_whole_or_nothing(tmp_path):
         (tmp / "weights").write_text("v2")
     assert (final / "weights").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["model"]
+
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775),
+                                                      (0o077, 0o600, 0o700)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """A shared cache or output folder stays readable to the team: modes follow the umask like open/mkdir."""
+    old = os.umask(umask)
+    try:
+        path = write_json_atomic(tmp_path / "x.json", {"v": 1})
+        with atomic_file(tmp_path / "w.bin") as f:
+            f.write(b"x")
+        with atomic_directory(tmp_path / "model") as tmp:
+            (tmp / "weights").write_text("v1")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "w.bin").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == dir_mode
 
 
 def test_build_lock_is_exclusive(tmp_path):
