@@ -183,7 +183,7 @@ def _first_step_grads(base, data, tmp_path, per_device, accumulation):
     model = copy.deepcopy(base[0])
     cfg = FinetuneConfig(output_dir=str(tmp_path / f"b{per_device}"), max_steps=1, eval_steps=None,
                          per_device_batch_size=per_device, gradient_accumulation_steps=accumulation,
-                         extra_training_arguments={"max_grad_norm": 0.0})
+                         max_grad_norm=0.0)
     catcher = _GradCatcher(model)
     trainer = build_trainer(cfg, model, base[1], to_dataset(data.examples), callbacks=[catcher], progress=False)
     trainer.train()

@@ -98,7 +98,7 @@ class FinetuneConfig:
     extra_training_arguments: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.tasks = tuple(self.tasks)
+        self.tasks = _as_tasks(self.tasks)
         for f in fields(self):  # YAML 1.1 reads "1e-5" (no dot) as a string
             value = getattr(self, f.name)
             if isinstance(value, str) and "float" in str(f.type):
@@ -106,6 +106,7 @@ class FinetuneConfig:
                     setattr(self, f.name, float(value))
                 except ValueError:
                     raise ConfigError(f"{f.name}={value!r}: expected a number") from None
+        check_fields(self)
         if self.method not in METHODS:
             raise ConfigError(f"method={self.method!r}: use one of {METHODS}")
         if self.precision not in PRECISIONS:
@@ -132,12 +133,12 @@ class FinetuneConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> FinetuneConfig:
         """Load a recipe such as ``configs/sft/tiny.yaml``."""
-        import yaml
+        from dsnb.values import load_yaml
 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; see configs/sft/ for examples")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = load_yaml(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys, not {type(values).__name__}")
         return cls.from_dict(values)
@@ -260,3 +261,109 @@ def resolve_precision(precision: str = "auto") -> str:
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise ConfigError("this GPU has no bf16 support; use precision='fp16' (with loss scaling) or 'fp32'")
     return precision
+
+def _as_tasks(tasks: Any) -> tuple[str, ...]:
+    """``tasks`` as a tuple; a bare string (``tasks: summary``) is refused rather than split into letters."""
+    if isinstance(tasks, str) or not isinstance(tasks, list | tuple):
+        raise ConfigError(f"tasks={tasks!r}: expected a list of task names, e.g. tasks: [summary] "
+                          f"(choose from {TASKS})")
+    return tuple(tasks)
+
+
+#: TrainingArguments fields that ``FinetuneConfig.training_arguments`` sets from a config field (or
+#: derives): setting them in ``extra_training_arguments`` would silently change a run behind the
+#: config's back (``output_dir`` there splits the run from its checkpoints), so they are refused.
+OWNED_TRAINING_ARGUMENTS = {
+    "output_dir": "output_dir", "max_steps": "max_steps",
+    "per_device_train_batch_size": "per_device_batch_size", "per_device_eval_batch_size": "per_device_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps (or global_batch_size)",
+    "learning_rate": "learning_rate", "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm",
+    "label_smoothing_factor": "label_smoothing", "bf16": "precision", "fp16": "precision",
+    "activation_checkpointing": "gradient_checkpointing", "gradient_checkpointing": "gradient_checkpointing",
+    "logging_steps": "logging_steps", "eval_strategy": "eval_steps", "eval_steps": "eval_steps",
+    "save_strategy": "save_steps", "save_steps": "save_steps", "save_total_limit": "save_total_limit",
+    "seed": "seed", "data_seed": "seed", "report_to": "report_to", "warmup_steps": "warmup_steps",
+    "lr_scheduler_type": "min_learning_rate (the schedule is fixed: warmup then linear decay to the floor)",
+    "lr_scheduler_kwargs": "min_learning_rate", "metric_for_best_model": "early_stopping_patience",
+    "greater_is_better": "early_stopping_patience", "load_best_model_at_end": "early_stopping_patience",
+}
+
+#: Range rules: field -> (lowest allowed, whether the lowest is excluded, highest excluded or None).
+_RANGES: dict[str, tuple[float, bool, float | None]] = {
+    **dict.fromkeys(("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "max_seq_len",
+                     "logging_steps", "lora_r", "global_batch_size", "train_examples", "eval_examples",
+                     "eval_steps", "save_steps", "save_total_limit", "early_stopping_patience"), (1, False, None)),
+    **dict.fromkeys(("freeze_first_layers", "warmup_steps", "seed", "weight_decay", "min_learning_rate",
+                     "max_grad_norm"), (0, False, None)),
+    **dict.fromkeys(("learning_rate", "lora_alpha"), (0, True, None)),
+    **dict.fromkeys(("label_smoothing", "lora_dropout", "dropout"), (0, False, 1)),
+}
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not fit the annotation ``hint`` (None if it fits)."""
+    import types
+    import typing
+
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if value is None:
+        return "expected a value, not null"
+    origin = typing.get_origin(hint) or hint
+    wanted = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+              tuple: "a list", dict: "a mapping"}[origin]
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, int | float) and not isinstance(value, bool),
+          str: isinstance(value, str),
+          tuple: isinstance(value, tuple) and all(isinstance(v, str) for v in value),
+          dict: isinstance(value, dict)}[origin]
+    if ok:
+        return None
+    problem = f"expected {wanted}, got {value!r} ({type(value).__name__})"
+    if isinstance(value, str) and origin in (bool, int, float):
+        problem += "; write the value without quotes"
+        if origin is bool:
+            problem += " (any non-empty string would switch the feature on)"
+    return problem
+
+
+def check_fields(cfg: FinetuneConfig) -> None:
+    """Every field against its annotation and its allowed range; ``ConfigError`` naming the field if not.
+
+    ``packing: "false"`` (a quoted string that would read as true), ``max_steps: 10.7``, ``eval_steps: 0``
+    and negative rates are refused here instead of running something other than what was typed.
+    """
+    import typing
+
+    hints = typing.get_type_hints(type(cfg))
+    problems = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        problem = _type_problem(value, hints[f.name])
+        if problem:
+            problems.append(f"{f.name}: {problem}")
+            continue
+        if hints[f.name] in (float, float | None) and isinstance(value, int):
+            setattr(cfg, f.name, value := float(value))
+        if f.name in _RANGES and value is not None:
+            low, open_low, high = _RANGES[f.name]
+            if value < low or (open_low and value == low) or (high is not None and value >= high):
+                span = (f"{'>' if open_low else '>='} {low}" if high is None else f"in [{low}, {high})")
+                allow_null = type(None) in typing.get_args(hints[f.name])
+                problems.append(f"{f.name}: {value!r} must be {span}" + (" (or null)" if allow_null else ""))
+    owned = sorted(set(cfg.extra_training_arguments) & set(OWNED_TRAINING_ARGUMENTS)) if isinstance(
+        cfg.extra_training_arguments, dict) else []
+    for key in owned:
+        problems.append(f"extra_training_arguments.{key}: set by the config field "
+                        f"{OWNED_TRAINING_ARGUMENTS[key]}; set it there instead")
+    if isinstance(cfg.extra_training_arguments, dict):
+        valid = {f.name for f in fields(TrainingArguments)}
+        for key in sorted(set(cfg.extra_training_arguments) - valid - set(owned)):
+            problems.append(f"extra_training_arguments.{key}: not a TrainingArguments field")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -1,0 +1,66 @@
+"""Malformed and hostile input fails loudly, naming what is wrong and what to do (not a traceback, not a
+silent default). One test per case a careful user (or an attacker) would try."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsnb.train.config import ConfigError, FinetuneConfig
+from dsnb.values import parse_value
+
+# --- configs: what is typed is what runs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("packing", "false", "packing: expected true or false"),
+    ("gradient_checkpointing", "false", "gradient_checkpointing: expected true or false"),
+    ("compress_checkpoints", "no", "compress_checkpoints: expected true or false"),
+    ("max_steps", "100", "max_steps: expected a whole number.*without quotes"),
+    ("max_steps", 10.7, "max_steps: expected a whole number"),
+    ("tasks", "summary", "expected a list of task names"),
+    ("eval_steps", 0, "eval_steps: 0 must be >= 1"),
+    ("label_smoothing", 5, r"label_smoothing: 5.0 must be in \[0, 1\)"),
+    ("save_steps", -10, "save_steps: -10 must be >= 1"),
+    ("warmup_steps", -1, "warmup_steps: -1 must be >= 0"),
+    ("learning_rate", -1e-4, "learning_rate: -0.0001 must be > 0"),
+    ("min_learning_rate", -1e-6, "min_learning_rate: -1e-06 must be >= 0"),
+    ("train_examples", 0, "train_examples: 0 must be >= 1"),
+    ("dropout", 1.5, r"dropout: 1.5 must be in \[0, 1\)"),
+    ("seed", None, "seed: expected a value, not null"),
+])
+def test_config_fields_are_checked_against_their_types_and_ranges(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        FinetuneConfig(**{field: value})
+
+
+def test_config_from_yaml_checks_types_and_keeps_ints_as_typed(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('packing: "false"\n')
+    with pytest.raises(ConfigError, match="packing"):
+        FinetuneConfig.from_yaml(recipe)
+    recipe.write_text("seed: 010\nlearning_rate: 1\nmin_learning_rate: 0\n")  # YAML 1.1 would make seed 8
+    with pytest.raises(ConfigError, match="seed: expected a whole number, got '010'"):
+        FinetuneConfig.from_yaml(recipe)
+    recipe.write_text("seed: 10\nlearning_rate: 1\nmin_learning_rate: 0\n")
+    cfg = FinetuneConfig.from_yaml(recipe)
+    assert cfg.seed == 10 and cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("010", "010"), ("0777", "0777"), ("1:30", "1:30"), ("2024-01-01", "2024-01-01"), ("[1, 010]", [1, "010"]),
+    ("10", 10), ("0", 0), ("-3", -3), ("1e-5", 1e-5), ("0.5", 0.5), ("false", False), ("None", None),
+])
+def test_parse_value_has_no_yaml_11_octal_base60_or_dates(text, expected):
+    got = parse_value(text)
+    assert got == expected and type(got) is type(expected)
+
+
+def test_extra_training_arguments_cannot_override_what_the_config_owns():
+    with pytest.raises(ConfigError, match="extra_training_arguments.output_dir: set by the config field output_dir"):
+        FinetuneConfig(extra_training_arguments={"output_dir": "elsewhere"})
+    with pytest.raises(ConfigError, match="extra_training_arguments.max_grad_norm"):
+        FinetuneConfig(extra_training_arguments={"max_grad_norm": 0.0})
+    with pytest.raises(ConfigError, match="extra_training_arguments.fsdp_typo: not a TrainingArguments field"):
+        FinetuneConfig(extra_training_arguments={"fsdp_typo": "full_shard"})
+    args = FinetuneConfig(extra_training_arguments={"optim": "sgd"}).training_arguments(processes=1)
+    assert args.optim == "sgd"
