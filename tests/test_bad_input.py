@@ -64,3 +64,44 @@ def test_extra_training_arguments_cannot_override_what_the_config_owns():
         FinetuneConfig(extra_training_arguments={"fsdp_typo": "full_shard"})
     args = FinetuneConfig(extra_training_arguments={"optim": "sgd"}).training_arguments(processes=1)
     assert args.optim == "sgd"
+
+
+def _no_loading(monkeypatch):
+    import dsnb.train.sft as sft
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the cheap config checks ran")
+
+    monkeypatch.setattr(sft, "load_model", refuse)
+    monkeypatch.setattr(sft, "load_sft_data", refuse)
+    return sft
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="fp16 is valid on a GPU")
+def test_fp16_on_cpu_fails_before_loading_anything(monkeypatch, tmp_path):
+    sft = _no_loading(monkeypatch)
+    with pytest.raises(ConfigError, match="fp16.*needs a CUDA GPU"):
+        sft.run_sft(FinetuneConfig(precision="fp16", output_dir=str(tmp_path)))
+
+
+def test_batch_plan_and_freezing_fail_before_loading_anything(monkeypatch, tmp_path, base_dir):
+    from dsnb.train.config import BatchSizeError
+
+    sft = _no_loading(monkeypatch)
+    with pytest.raises(BatchSizeError, match="per_device_batch_size=2"):
+        sft.run_sft(FinetuneConfig(global_batch_size=7, per_device_batch_size=2, output_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="freeze_first_layers=99 but .* has only 4 decoder layers"):
+        sft.run_sft(FinetuneConfig(model=str(base_dir), freeze_first_layers=99, output_dir=str(tmp_path)))
+
+
+def test_resume_without_a_checkpoint_warns(tmp_path, caplog, corpus):
+    import logging
+
+    from dsnb.train.sft import run_sft
+
+    cfg = FinetuneConfig(output_dir=str(tmp_path / "empty"), max_steps=1, eval_steps=None, train_examples=2,
+                         per_device_batch_size=2, tasks=("summary",))
+    with caplog.at_level(logging.WARNING, logger="dsnb.train.sft"):
+        result = run_sft(cfg, corpus=corpus, resume_from="auto", progress=False)
+    assert result.info["steps"] == 1
+    assert any(r.levelno == logging.WARNING and "starting from scratch" in r.getMessage() for r in caplog.records)

@@ -118,6 +118,41 @@ def restore_full_weights(model: nn.Module, checkpoint: str | Path) -> bool:
     return True
 
 
+def check_before_loading(cfg: FinetuneConfig, model: nn.Module | None = None) -> None:
+    """The config checks that need no model or data, run before ``run_sft`` loads anything.
+
+    Precision against this machine (``fp16`` on a CPU), the batch plan against the process count,
+    dropout, and ``freeze_first_layers`` against the layer count in the model's ``config.json`` (a
+    local directory or the course model; read without loading weights). A mistake here fails in
+    a second instead of after the model and data have loaded.
+    """
+    from accelerate import PartialState
+
+    resolve_precision(cfg.precision)
+    cfg.accumulation_for(PartialState().num_processes)
+    if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.freeze_first_layers > 0:
+        layers = _layer_count(cfg.model) if model is None else getattr(model.config, "num_hidden_layers", None)
+        if layers is not None and cfg.freeze_first_layers > layers:
+            raise ConfigError(f"freeze_first_layers={cfg.freeze_first_layers} but {cfg.model} has only {layers} "
+                              "decoder layers; freeze fewer")
+
+
+def _layer_count(name: str) -> int | None:
+    """``num_hidden_layers`` from a local model's config.json (None for hub ids or unreadable configs)."""
+    import json
+
+    from dsnb.model.pretrain import TINY_MODEL_NAME, base_model_path
+
+    path = base_model_path() if name == TINY_MODEL_NAME else Path(name).expanduser()
+    try:
+        layers = json.loads((path / "config.json").read_text()).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_model reports what is wrong with it
+    return layers if isinstance(layers, int) else None
+
+
 def run_sft(
     cfg: FinetuneConfig,
     model: PreTrainedModel | None = None,
@@ -134,6 +169,7 @@ def run_sft(
     """
     from dsnb.train.checkpoint import find_resumable, prepare_resume
 
+    check_before_loading(cfg, model)
     torch.manual_seed(cfg.seed)
     if model is None:
         model, loaded_tok = load_model(cfg.model, dtype=torch.float32)
@@ -142,6 +178,9 @@ def run_sft(
         raise ConfigError("pass the tokenizer together with the model")
     model, info = prepare_model(model, cfg)
     train, evald = load_sft_data(cfg, tokenizer, corpus)
+    if not train.examples:
+        raise ConfigError(f"no training examples for tasks {list(cfg.tasks)} (train_examples={cfg.train_examples}); "
+                          "check the data and the tasks")
     train_examples = pack_examples(train.examples, cfg.max_seq_len) if cfg.packing else train.examples
     info.update(train_examples=len(train), train_sequences=len(train_examples))
     trainer = build_trainer(cfg, model, tokenizer, to_dataset(train_examples), to_dataset(evald.examples),
@@ -159,7 +198,8 @@ def run_sft(
         found = find_resumable(cfg.output_dir) if str(resume_from) == "auto" else Path(resume_from)
         checkpoint = str(prepare_resume(found)) if found is not None else None
         if checkpoint is None:
-            logger.info("no complete checkpoint in %s; starting from scratch", cfg.output_dir)
+            logger.warning("resume was asked for, but %s holds no complete checkpoint; starting from scratch",
+                           cfg.output_dir)
     if checkpoint is not None:
         restore_full_weights(model, checkpoint)
     t0 = time.perf_counter()
