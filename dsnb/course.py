@@ -28,6 +28,38 @@ def notebooks_in(directory: str | Path) -> list[Path]:
     return found
 
 
+def notebook_parameters(path: str | Path) -> list[str]:
+    """The names assigned in a notebook's ``parameters`` cell (what ``-p NAME VALUE`` may set).
+
+    Read with ``ast`` from the cell papermill injects after: papermill's own ``inspect_notebook`` drops
+    any line whose comment holds parentheses (``ACCUMULATION = 1  # (effective batch ...)`` in 03).
+    """
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        return []
+    names = []
+    for node in ast.parse(cell.source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, ast.AnnAssign) else []
+        names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
+
+
+def check_parameters(notebooks: list[Path], parameters: dict[str, Any]) -> None:
+    """Refuse ``-p`` names that no notebook's parameters cell defines (a typo would run the default)."""
+    known = {name: [nb.name for nb in notebooks if name in notebook_parameters(nb)] for name in parameters}
+    unknown = sorted(name for name, where in known.items() if not where)
+    if unknown:
+        valid = sorted({n for nb in notebooks for n in notebook_parameters(nb)})
+        raise ValueError(f"unknown parameter(s) {unknown}: no notebook's parameters cell sets them. "
+                         f"Valid names: {', '.join(valid)}")
+
+
 def _execute_one(path: Path, out: Path, parameters: dict[str, str]) -> dict:
     import papermill
 
@@ -44,10 +76,12 @@ def _execute_one(path: Path, out: Path, parameters: dict[str, str]) -> dict:
 def run_course(directory: str | Path, out_dir: str | Path = "build/course",
                parameters: dict[str, str] | None = None) -> list[dict]:
     """Run every notebook in its own process; return one row per notebook."""
+    notebooks = notebooks_in(directory)
+    check_parameters(notebooks, parameters or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for nb in notebooks_in(directory):
+    for nb in notebooks:
         print(f"running {nb.name} ...", flush=True)
         cmd = [sys.executable, "-m", "dsnb.course", "--one", str(nb), "--out", str(out_dir / nb.name),
                "--params", json.dumps(parameters or {})]
@@ -97,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(_execute_one(Path(args.one), Path(args.out), json.loads(args.params))))
         return 0
-    rows = run_course(args.directory, args.out, parse_parameters(args.parameter))
+    try:
+        rows = run_course(args.directory, args.out, parse_parameters(args.parameter))
+    except ValueError as exc:
+        parser.error(str(exc))
     print(render(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 

@@ -105,3 +105,26 @@ def test_resume_without_a_checkpoint_warns(tmp_path, caplog, corpus):
         result = run_sft(cfg, corpus=corpus, resume_from="auto", progress=False)
     assert result.info["steps"] == 1
     assert any(r.levelno == logging.WARNING and "starting from scratch" in r.getMessage() for r in caplog.records)
+
+
+def test_course_rejects_a_misspelt_parameter_and_lists_the_valid_ones(tmp_path, capsys):
+    import nbformat
+
+    from dsnb.course import main, notebook_parameters, run_course
+
+    for name, params in (("00_a.ipynb", "MODEL = 'dsnb-tiny'\nSTEPS: int = 3"),
+                         ("01_b.ipynb", "SEQ_LEN = 128  # tokens (per sequence)")):
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell(params)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells = [cell, nbformat.v4.new_code_cell("raise RuntimeError('must not run')")]
+        nbformat.write(nb, tmp_path / name)
+    assert notebook_parameters(tmp_path / "01_b.ipynb") == ["SEQ_LEN"]  # a comment with parentheses is fine
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--out", str(tmp_path / "out"), "-p", "MODLE", "x"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter(s) ['MODLE']" in err and "Valid names: MODEL, SEQ_LEN, STEPS" in err
+    with pytest.raises(ValueError, match="SEQ_LENGTH"):
+        run_course(tmp_path, tmp_path / "out", parameters={"MODEL": "x", "SEQ_LENGTH": 4096})
+    assert not (tmp_path / "out").exists()  # nothing ran
