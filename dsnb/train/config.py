@@ -13,17 +13,18 @@ Taught in notebook 03.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from transformers import (
     TrainingArguments,
 )
 
 from dsnb.train.schedules import scaled_warmup_steps, schedule_arguments
+from dsnb.values import parse_value
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +100,13 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self.tasks = _as_tasks(self.tasks)
-        for f in fields(self):  # YAML 1.1 reads "1e-5" (no dot) as a string
+        for f in fields(self):  # YAML 1.1 reads "1e-5" (no dot) as a string; parse_value reads it as a number
             value = getattr(self, f.name)
             if isinstance(value, str) and "float" in str(f.type):
-                try:
-                    setattr(self, f.name, float(value))
-                except ValueError:
-                    raise ConfigError(f"{f.name}={value!r}: expected a number") from None
+                number = parse_value(value)
+                if isinstance(number, bool) or not isinstance(number, int | float):
+                    raise ConfigError(f"{f.name}={value!r}: expected a number")
+                setattr(self, f.name, float(number))
         check_fields(self)
         if self.method not in METHODS:
             raise ConfigError(f"method={self.method!r}: use one of {METHODS}")
@@ -161,7 +162,7 @@ class FinetuneConfig:
 
     def training_arguments(self, processes: int | None = None) -> TrainingArguments:
         """The ``TrainingArguments`` this config stands for (one field each, plus the schedule)."""
-        processes = processes or world_size()
+        processes = processes or launch_state().num_processes
         precision = resolve_precision(self.precision)
         warmup = self.warmup_steps if self.warmup_steps is not None else scaled_warmup_steps(self.max_steps)
         evaluate = self.eval_steps is not None
@@ -204,14 +205,14 @@ class FinetuneConfig:
         return TrainingArguments(**values)
 
 
-def world_size() -> int:
-    """Number of training processes (``WORLD_SIZE`` as set by torchrun / accelerate launch; 1 otherwise)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def launch_state() -> PartialState:
+    """accelerate's view of this launch: ``num_processes`` and ``is_main_process`` under torchrun or
+    ``accelerate launch`` (1 process and main otherwise).
 
-
-def is_main_process() -> bool:
-    """True on the process that prints and saves (rank 0, or the only one)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    Asked with ``cpu=`` as ``training_arguments`` sets ``use_cpu``: on a CPU-only machine a plain
+    ``PartialState()`` ignores the launcher and reports one process.
+    """
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def effective_batch(per_device: int, accumulation: int, processes: int = 1) -> int:

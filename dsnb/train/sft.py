@@ -31,7 +31,7 @@ from transformers import (
 from dsnb.model.load import load_model
 from dsnb.progress import LineProgress
 from dsnb.train.chat import SFTData, data_collator, load_sft_data, pack_examples, to_dataset
-from dsnb.train.checkpoint import ManifestCallback
+from dsnb.train.checkpoint import ManifestCallback, prepare_resume_on_main, remove_restored_on_main
 from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, is_main_process, resolve_precision
 from dsnb.train.prepare import prepare_model
 
@@ -118,6 +118,25 @@ def restore_full_weights(model: nn.Module, checkpoint: str | Path) -> bool:
     return True
 
 
+def load_best_weights(model: nn.Module, best: str | Path, output_dir: str | Path) -> None:
+    """Reload the best checkpoint into ``model`` through the resume path (verified, decompressed, converted).
+
+    The Trainer's own ``load_best_model_at_end`` loads with ``strict=False`` (a fused-expert model would
+    keep its last-step routed experts) and does not find compressed weights at all; this replaces it.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    found = prepare_resume_on_main(best, output_dir)
+    assert found is not None
+    restored = found[1]
+    if not restore_full_weights(model, restored):
+        result = set_peft_model_state_dict(model, load_file(restored / "adapter_model.safetensors"))
+        if result.unexpected_keys:
+            raise RuntimeError(f"best checkpoint {best} does not fit the adapters: {result.unexpected_keys}")
+    logger.info("reloaded the best checkpoint %s", best)
+
+
 def check_before_loading(cfg: FinetuneConfig, model: nn.Module | None = None) -> None:
     """The config checks that need no model or data, run before ``run_sft`` loads anything.
 
@@ -167,8 +186,6 @@ def run_sft(
     ``resume_from`` is a checkpoint directory (verified first, see ``dsnb.train.checkpoint.prepare_resume``)
     or ``"auto"`` for the newest complete checkpoint in ``cfg.output_dir``.
     """
-    from dsnb.train.checkpoint import find_resumable, prepare_resume
-
     check_before_loading(cfg, model)
     torch.manual_seed(cfg.seed)
     if model is None:
@@ -193,18 +210,24 @@ def run_sft(
     if is_main_process():
         print(f"sft: {describe_batch(args)}; {info['trainable']:,} of {info['total']:,} parameters trainable "
               f"({cfg.method}); precision {info['precision']}", flush=True)
-    checkpoint = None
-    if resume_from is not None:
-        found = find_resumable(cfg.output_dir) if str(resume_from) == "auto" else Path(resume_from)
-        checkpoint = str(prepare_resume(found)) if found is not None else None
-        if checkpoint is None:
+    checkpoint = resumed = None
+    if resume_from is not None:  # rank 0 verifies and restores, the other ranks wait for its answer
+        found = prepare_resume_on_main(resume_from, cfg.output_dir)
+        if found is None:
             logger.warning("resume was asked for, but %s holds no complete checkpoint; starting from scratch",
                            cfg.output_dir)
+        else:
+            resumed, checkpoint = str(found[0]), str(found[1])
     if checkpoint is not None:
         restore_full_weights(model, checkpoint)
     t0 = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
-    info.update(train_loss=output.training_loss, steps=trainer.state.global_step, resumed_from=checkpoint)
+    best = trainer.state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best is not None:
+        load_best_weights(model, best, cfg.output_dir)
+    remove_restored_on_main(cfg.output_dir)
+    info.update(train_loss=output.training_loss, steps=trainer.state.global_step, resumed_from=resumed,
+                best_checkpoint=best)
     model.eval()
     return SFTResult(model, tokenizer, trainer, train, evald, info, list(trainer.state.log_history), seconds)
