@@ -54,10 +54,13 @@ def test_two_processes_match_single_process_effective_batch(tmp_path):
 
 
 def test_global_batch_not_divisible_by_processes_is_rejected(tmp_path):
-    env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c",
-                           "from dsnb.train.config import FinetuneConfig; FinetuneConfig(global_batch_size=7).training_arguments()"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    """Under a real 2-process launch (accelerate's PartialState counts the processes) 7 sequences cannot be split."""
+    script = tmp_path / "check.py"
+    script.write_text("from dsnb.train.config import FinetuneConfig\nFinetuneConfig(global_batch_size=7).training_arguments()\n")
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29534", str(script)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode != 0 and "not a multiple of the 2 processes" in proc.stderr
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dsnb.cache import write_json_atomic
-from dsnb.train.config import FinetuneConfig, is_main_process
+from dsnb.train.config import FinetuneConfig
 from dsnb.train.sft import run_sft
 from dsnb.values import parse_value
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "log_history": result.log_history,
         "seconds": result.seconds,
     }
-    if is_main_process():
+    if result.trainer.is_world_process_zero():
         result.trainer.save_model(str(Path(cfg.output_dir) / "final"))
         write_json_atomic(Path(cfg.output_dir) / RESULTS, results)
     return results

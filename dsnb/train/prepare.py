@@ -11,7 +11,6 @@ Taught in notebook 03.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import nn
 from transformers import (
     PreTrainedModel,
 )
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dsnb.model.lora import apply_lora, lora_target_parameters, trainable_parameters
 from dsnb.train.config import ConfigError, FinetuneConfig
@@ -85,11 +85,6 @@ def moe_block_classes(model: nn.Module) -> list[type]:
     return found
 
 
-def zero3_active() -> bool:
-    """True when this process runs under DeepSpeed ZeRO stage 3 (as set by ``accelerate launch``)."""
-    return os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
-
-
 def mark_moe_zero3_leaves(model: nn.Module) -> list[type]:
     """Make every MoE block a ZeRO-3 leaf module (DeepSpeed gathers it whole, so no rank hangs).
 
@@ -113,7 +108,7 @@ def prepare_model(model: PreTrainedModel, cfg: FinetuneConfig) -> tuple[nn.Modul
         )
     if cfg.dropout is not None:
         set_dropout(model, cfg.dropout)
-    if zero3_active():
+    if is_deepspeed_zero3_enabled():  # set by TrainingArguments(deepspeed=...) or accelerate launch
         logger.info("ZeRO-3: MoE blocks %s marked as leaf modules", mark_moe_zero3_leaves(model))
     if cfg.method == "lora":
         if cfg.lora_experts and not lora_target_parameters(model):

@@ -32,7 +32,7 @@ from dsnb.model.load import load_model
 from dsnb.progress import LineProgress
 from dsnb.train.chat import SFTData, data_collator, load_sft_data, pack_examples, to_dataset
 from dsnb.train.checkpoint import ManifestCallback, prepare_resume_on_main, remove_restored_on_main
-from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, is_main_process, resolve_precision
+from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, launch_state, resolve_precision
 from dsnb.train.prepare import prepare_model
 
 logger = logging.getLogger(__name__)
@@ -54,11 +54,15 @@ def build_trainer(
     eval_dataset: Any | None = None,
     callbacks: list[TrainerCallback] | None = None,
     progress: bool = True,
+    args: TrainingArguments | None = None,
 ) -> Trainer:
-    """A ``transformers.Trainer`` set up from ``cfg``: schedule, precision, checkpoints, progress lines."""
-    args = cfg.training_arguments()
+    """A ``transformers.Trainer`` set up from ``cfg``: schedule, precision, checkpoints, progress lines.
+
+    ``args`` defaults to ``cfg.training_arguments()``.
+    """
+    args = args or cfg.training_arguments()
     cbs: list[TrainerCallback] = [ManifestCallback(compress=cfg.compress_checkpoints)]
-    if progress and is_main_process():
+    if progress and args.process_index == 0:
         cbs.append(LineProgress("sft", lines=10))
     if cfg.early_stopping_patience is not None:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
@@ -145,10 +149,8 @@ def check_before_loading(cfg: FinetuneConfig, model: nn.Module | None = None) ->
     local directory or the course model; read without loading weights). A mistake here fails in
     a second instead of after the model and data have loaded.
     """
-    from accelerate import PartialState
-
     resolve_precision(cfg.precision)
-    cfg.accumulation_for(PartialState().num_processes)
+    cfg.accumulation_for(launch_state().num_processes)
     if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.freeze_first_layers > 0:
@@ -188,6 +190,9 @@ def run_sft(
     """
     check_before_loading(cfg, model)
     torch.manual_seed(cfg.seed)
+    # Built first: under DeepSpeed ZeRO-3 these arguments switch on transformers' ZeRO-3 hooks
+    # (is_deepspeed_zero3_enabled) that loading and prepare_model rely on.
+    args = cfg.training_arguments()
     if model is None:
         model, loaded_tok = load_model(cfg.model, dtype=torch.float32)
         tokenizer = tokenizer or loaded_tok
@@ -201,13 +206,12 @@ def run_sft(
     train_examples = pack_examples(train.examples, cfg.max_seq_len) if cfg.packing else train.examples
     info.update(train_examples=len(train), train_sequences=len(train_examples))
     trainer = build_trainer(cfg, model, tokenizer, to_dataset(train_examples), to_dataset(evald.examples),
-                            callbacks, progress)
-    args = trainer.args
+                            callbacks, progress, args=args)
     info.update(processes=args.world_size, accumulation=args.gradient_accumulation_steps,
                 effective_batch=effective_batch(args.per_device_train_batch_size, args.gradient_accumulation_steps,
                                                 args.world_size),
                 precision=resolve_precision(cfg.precision))
-    if is_main_process():
+    if args.process_index == 0:
         print(f"sft: {describe_batch(args)}; {info['trainable']:,} of {info['total']:,} parameters trainable "
               f"({cfg.method}); precision {info['precision']}", flush=True)
     checkpoint = resumed = None
