@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,10 +161,21 @@ def detect_format(path: str | Path) -> str:
     return fmt
 
 
+def _not_utf8(exc: UnicodeDecodeError, where: str) -> str:
+    return (f"not UTF-8 text ({exc.reason}: byte 0x{exc.object[exc.start]:02x} at {where}); re-save the file "
+            "as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)")
+
+
 def _jsonl_rows(path: Path) -> tuple[list[tuple[int, Any]], list[RecordError]]:
+    """Records of a JSONL file, decoded line by line so that a bad byte is reported with its line."""
     rows, errors = [], []
-    with open(path, encoding="utf-8", errors="strict") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                errors.append(RecordError(str(path), lineno, _not_utf8(exc, f"column {exc.start + 1}")))
+                continue
             if not line.strip():
                 continue  # blank lines are not records
             try:
@@ -174,22 +186,56 @@ def _jsonl_rows(path: Path) -> tuple[list[tuple[int, Any]], list[RecordError]]:
 
 
 def _json_array_rows(path: Path) -> tuple[list[tuple[int, Any]], list[RecordError]]:
-    """Elements of a top-level JSON array, each with the line it starts on."""
-    text = path.read_text(encoding="utf-8")
+    """Elements of a top-level JSON array, each with the line it starts on (one pass: linear time)."""
+    raw = path.read_bytes()
     try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        return [], [RecordError(str(path), line, _not_utf8(exc, f"column {column}"))]
+    rows = _array_elements(text)
+    if rows is not None:
+        return rows, []
+    try:  # not a well-formed array: let the standard parser say what is wrong, and where
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return [], [RecordError(str(path), exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})")]
     if not isinstance(data, list):
         return [], [RecordError(str(path), 1, f"expected a top-level JSON array, got {type(data).__name__}")]
-    decoder, rows, pos = json.JSONDecoder(), [], text.index("[") + 1
-    for _ in data:
-        while text[pos] in " \t\r\n,":
-            pos += 1
-        value, end = decoder.raw_decode(text, pos)
-        rows.append((text.count("\n", 0, pos) + 1, value))
-        pos = end
-    return rows, []
+    return [(1, value) for value in data], []
+
+
+_SPACE = re.compile(r"[ \t\r\n]*")
+
+
+def _array_elements(text: str) -> list[tuple[int, Any]] | None:
+    """Each element of the JSON array ``text`` with the line it starts on, in one pass (None if malformed).
+
+    Newlines are counted from where the previous element started, so the whole file is scanned once.
+    """
+    decoder, rows = json.JSONDecoder(), []
+    pos = _SPACE.match(text).end()
+    if not text.startswith("[", pos):
+        return None
+    pos = _SPACE.match(text, pos + 1).end()
+    line, counted = 1, 0
+    while not text.startswith("]", pos) or rows:
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return None
+        line += text.count("\n", counted, pos)
+        counted = pos
+        rows.append((line, value))
+        pos = _SPACE.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = _SPACE.match(text, pos + 1).end()
+        elif text.startswith("]", pos):
+            break
+        else:
+            return None
+    return rows if _SPACE.match(text, pos + 1).end() == len(text) else None
 
 
 def _check_rows(rows, path: Path, record_type: str, unit: str = "line"):
@@ -199,19 +245,69 @@ def _check_rows(rows, path: Path, record_type: str, unit: str = "line"):
         if problems:
             errors.append(RecordError(str(path), lineno, "; ".join(problems), unit))
         else:
-            good.append(record)
+            good.append((lineno, record))
     return good, errors
 
 
-def _from_rows(rows: list[dict]) -> datasets.Dataset:
+def _kind(value: Any) -> str:
+    for typ, name in ((bool, "true/false"), (int | float, "number"), (str, "string"), (list, "list"),
+                      (dict, "object")):
+        if isinstance(value, typ):
+            return name
+    return type(value).__name__
+
+
+def _lines(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:5]))
+    return f"line{'s' if len(numbers) > 1 else ''} {shown}" + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
+
+
+def _type_conflicts(rows: list[tuple[int, dict]], path: Path) -> list[RecordError]:
+    """Rows whose field has another JSON type than in most rows (a column needs one type).
+
+    Each such row is an error naming the field, the majority type and where it is found; ``None``
+    (a missing value) fits every type.
+    """
+    seen: dict[str, dict[str, list[int]]] = {}
+    for lineno, record in rows:
+        for name, value in record.items():
+            if value is not None:
+                seen.setdefault(name, {}).setdefault(_kind(value), []).append(lineno)
+    errors = []
+    for name, kinds in seen.items():
+        if len(kinds) < 2:
+            continue
+        main = max(kinds, key=lambda k: len(kinds[k]))
+        for kind, lines in kinds.items():
+            if kind != main:
+                errors += [RecordError(str(path), n, f"field {name!r} is a {kind} here but a {main} on "
+                                                     f"{_lines(kinds[main])}; one field needs one type") for n in lines]
+    return errors
+
+
+def _from_rows(rows: list[dict], path: Path | None = None) -> datasets.Dataset:
     """A Dataset with the union of the rows' fields (a field missing from a row becomes None)."""
+    import pyarrow as pa
+
     keys: dict[str, None] = {}
     for r in rows:
         keys.update(dict.fromkeys(r))
-    return datasets.Dataset.from_list([{k: r.get(k) for k in keys} for r in rows])
+    try:
+        return datasets.Dataset.from_list([{k: r.get(k) for k in keys} for r in rows])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # nested values whose types differ between rows
+        bad = []
+        for k in keys:
+            try:
+                datasets.Dataset.from_list([{k: r.get(k)} for r in rows])
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                bad.append(k)
+        raise ValueError(f"{path}: the values inside field(s) {bad} have different types in different rows "
+                         f"({exc}); give each field one shape in every row") from None
 
 
 def _finish(path, record_type, rows_in, errors, skip_bad_rows, make_dataset) -> LoadResult:
+    if rows_in == 0:
+        logger.warning("%s holds no records: check that this is the file you meant", path)
     if errors and not skip_bad_rows:
         raise DataValidationError(errors)
     for e in errors:
@@ -240,9 +336,12 @@ def load_records(
     if fmt in ("jsonl", "json"):
         rows, errors = (_jsonl_rows if fmt == "jsonl" else _json_array_rows)(path)
         good, bad = _check_rows(rows, path, record_type)
-        errors = sorted(errors + bad, key=lambda e: e.line)
-        return _finish(path, record_type, len(rows) + len(errors) - len(bad), errors, skip_bad_rows,
-                       lambda: _from_rows(good))
+        conflicts = _type_conflicts(good, path)
+        conflicted = {e.line for e in conflicts}
+        good = [(n, r) for n, r in good if n not in conflicted]
+        errors = sorted(errors + bad + conflicts, key=lambda e: e.line)
+        return _finish(path, record_type, len(rows) + len(errors) - len(bad) - len(conflicts), errors,
+                       skip_bad_rows, lambda: _from_rows([r for _, r in good], path))
     if fmt == "parquet":
         ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
         good, errors = _check_rows(((i, r) for i, r in enumerate(ds, start=1)), path, record_type, unit="row")
