@@ -64,3 +64,43 @@ def test_dense_model_has_nothing_to_balance(caplog):
                                          num_attention_heads=2, num_key_value_heads=2))
     bal = ExpertBiasBalancer(dense)
     assert bal.routers == [] and "nothing to balance" in caplog.text
+
+
+def test_padded_positions_are_not_counted(model):
+    bal = ExpertBiasBalancer(model)
+    model.train()
+    x = torch.randint(0, 256, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[1, 10:] = 0  # the second sequence is 10 tokens long, padded to 16
+    model(input_ids=x, attention_mask=mask)
+    assert bal.counts[0].sum() == 26 * model.config.num_experts_per_tok
+    bal.remove()
+
+
+def _balance_on_rank(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = DeepseekV3ForCausalLM(tiny_deepseek_config(vocab_size=256, num_hidden_layers=2)).train()
+    bal = ExpertBiasBalancer(model, gamma=0.01)
+    torch.manual_seed(100 + rank)  # each rank sees different data, as under DDP
+    model(input_ids=torch.randint(0, 256, (2, 16)))
+    local = bal.counts[0].clone()
+    bal.update()
+    (_, router), = routers(model)
+    torch.save({"local": local, "bias": router.e_score_correction_bias.clone()}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_data_parallel_ranks_move_the_bias_together(tmp_path):
+    """Two gloo processes with different batches: the counts are summed, so both biases take the same step."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_balance_on_rank, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2,
+                       join=True, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    total = r0["local"] + r1["local"]
+    assert not torch.equal(torch.sign(total.mean() - total), torch.sign(r0["local"].mean() - r0["local"]))
+    torch.testing.assert_close(r0["bias"], r1["bias"], rtol=0, atol=0)
+    torch.testing.assert_close(r0["bias"], 0.01 * torch.sign(total.mean() - total).float(), rtol=0, atol=0)

@@ -5,6 +5,9 @@ not learned by gradient descent. After every optimizer step it moves by a fixed 
 balance: down for experts that received more than the mean load, up for those that received less.
 transformers keeps the bias as a buffer and never updates it, so training with a plain ``Trainer``
 silently turns the balancing off. ``ExpertBiasBalancer`` turns it back on as a ``TrainerCallback``.
+Under data parallelism every process counts its own tokens; the counts are summed over all
+processes before the bias moves, so every replica moves it the same way (DeepSeek-V3 balances over
+the whole batch). Padded positions are not counted.
 Taught in notebook 01 (pretraining) and used in the monitoring notebook.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from transformers import TrainerCallback
 
@@ -40,7 +44,8 @@ class ExpertBiasBalancer(TrainerCallback):
     """Auxiliary-loss-free balancing (DeepSeek-V3): update each router's bias after every optimizer step.
 
     ``bias += gamma * sign(mean_load - load)``, with the load counted over all micro-batches of the
-    step (training-mode forward passes only). DeepSeek-V3 used ``gamma = 0.001``.
+    step (training-mode forward passes only, padding excluded) and summed over all data-parallel
+    processes. DeepSeek-V3 used ``gamma = 0.001``.
     """
 
     def __init__(self, model: nn.Module, gamma: float = 1e-3):
@@ -50,13 +55,22 @@ class ExpertBiasBalancer(TrainerCallback):
             logger.warning("ExpertBiasBalancer: %s has no router with e_score_correction_bias; nothing to balance",
                            type(model).__name__)
         self.counts = [torch.zeros_like(r.e_score_correction_bias, dtype=torch.float64) for _, r in self.routers]
-        self.handles = [r.register_forward_hook(self._hook(i)) for i, (_, r) in enumerate(self.routers)]
+        self._mask: torch.Tensor | None = None
+        self.handles = [model.register_forward_pre_hook(self._remember_mask, with_kwargs=True)]
+        self.handles += [r.register_forward_hook(self._hook(i)) for i, (_, r) in enumerate(self.routers)]
+
+    def _remember_mask(self, _module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
     def _hook(self, i: int):
         def hook(module, _inputs, output):
             if not module.training:
                 return
             idx = next(t for t in output if isinstance(t, torch.Tensor) and not t.is_floating_point())
+            idx = idx.reshape(-1, idx.shape[-1])
+            if self._mask is not None and self._mask.numel() == idx.shape[0]:
+                idx = idx[self._mask.reshape(-1).to(idx.device) != 0]  # padded positions route nothing real
             self.counts[i] += torch.bincount(idx.reshape(-1), minlength=self.counts[i].numel()).to(
                 self.counts[i].device, torch.float64)
 
@@ -64,7 +78,16 @@ class ExpertBiasBalancer(TrainerCallback):
 
     @torch.no_grad()
     def update(self) -> None:
-        """Move every router's bias one step toward balance and reset the counts."""
+        """Move every router's bias one step toward balance and reset the counts.
+
+        With several processes the counts are all-reduced (summed) first, so every rank applies the
+        same step and the replicas' biases stay identical.
+        """
+        if self.counts and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            total = torch.stack(self.counts)
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            for counts, summed in zip(self.counts, total, strict=True):
+                counts.copy_(summed)
         for (_, router), counts in zip(self.routers, self.counts, strict=True):
             if counts.sum() == 0:
                 continue
