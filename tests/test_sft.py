@@ -18,7 +18,6 @@ from dsnb.train.config import (
     resolve_precision,
 )
 from dsnb.train.prepare import (
-    count_parameters,
     freeze_first_layers,
     moe_block_classes,
     prepare_model,
@@ -153,8 +152,7 @@ def test_lora_and_freezing(base):
     frozen_model = copy.deepcopy(model)
     frozen = freeze_first_layers(frozen_model, 2)
     assert any(".layers.1." in n for n in frozen) and not any(".layers.2." in n for n in frozen)
-    counts = count_parameters(frozen_model)
-    assert counts["trainable"] < counts["total"]
+    assert frozen_model.num_parameters(only_trainable=True) < frozen_model.num_parameters()
     with pytest.raises(ConfigError):
         freeze_first_layers(copy.deepcopy(model), 99)
     with pytest.raises(ConfigError, match="expects a 'llama'"):
@@ -251,10 +249,10 @@ def test_share_query_key_ties_where_the_architecture_allows(base, tokenizer, tmp
     from dsnb.train.speed import share_query_key
 
     llama, _ = load_model(save_tiny_random("llama", tmp_path / "llama", tokenizer=tokenizer))
-    before = count_parameters(llama)["total"]
+    before = llama.num_parameters()
     saved = share_query_key(llama)
     cfg = llama.config
-    assert saved == cfg.hidden_size**2 * cfg.num_hidden_layers == before - count_parameters(llama)["total"]
+    assert saved == cfg.hidden_size**2 * cfg.num_hidden_layers == before - llama.num_parameters()
     attn = llama.model.layers[0].self_attn
     assert attn.k_proj.weight is attn.q_proj.weight
     with pytest.raises(ValueError, match="MLA"):

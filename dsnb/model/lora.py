@@ -83,18 +83,6 @@ def load_lora(model: nn.Module, adapter_dir: str | Path, is_trainable: bool = Fa
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable)
 
 
-def adapted_modules(model: PeftModel) -> list[str]:
-    """Names of the modules and parameters that carry LoRA weights (for a check or a printout)."""
-    names = {n.split(".lora_")[0] for n, _ in model.named_parameters() if ".lora_" in n}
-    return sorted(n.removeprefix("base_model.model.") for n in names)
-
-
-def trainable_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
-
-
 def _num_experts(config: Any) -> int | None:
     for key in ("n_routed_experts", "num_experts", "num_local_experts"):
         if getattr(config, key, None):

@@ -20,19 +20,13 @@ from transformers import (
 )
 from transformers.integrations import is_deepspeed_zero3_enabled
 
-from dsnb.model.lora import apply_lora, lora_target_parameters, trainable_parameters
+from dsnb.model.lora import apply_lora, lora_target_parameters
 from dsnb.train.config import ConfigError, FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
 
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
-
-
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Total and trainable parameter counts (``dsnb.model.lora.trainable_parameters`` as a dict)."""
-    trainable, total = trainable_parameters(model)
-    return {"total": total, "trainable": trainable}
 
 
 def set_dropout(model: nn.Module, p: float) -> int:
@@ -117,7 +111,7 @@ def prepare_model(model: PreTrainedModel, cfg: FinetuneConfig) -> tuple[nn.Modul
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            experts=cfg.lora_experts)
     frozen = freeze_first_layers(model, cfg.freeze_first_layers)
-    counts = count_parameters(model)
-    info = {"method": cfg.method, **counts, "trainable share": counts["trainable"] / counts["total"],
+    total, trainable = model.num_parameters(), model.num_parameters(only_trainable=True)
+    info = {"method": cfg.method, "total": total, "trainable": trainable, "trainable share": trainable / total,
             "frozen tensors": len(frozen)}
     return model, info

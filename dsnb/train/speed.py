@@ -17,7 +17,6 @@ from torch import nn
 
 from dsnb.plan.measure import saved_tensor_bytes
 from dsnb.train.config import resolve_precision
-from dsnb.train.prepare import count_parameters
 
 
 def training_state_bytes(model: nn.Module, bytes_per_param: int = 4) -> dict[str, int]:
@@ -26,11 +25,11 @@ def training_state_bytes(model: nn.Module, bytes_per_param: int = 4) -> dict[str
     Counted from the parameters, activations not included; equal to the real tensors after an
     AdamW step (tested against ``dsnb.plan.measure.measure_model_state_bytes``).
     """
-    counts = count_parameters(model)
-    weights = counts["total"] * bytes_per_param
-    grads = counts["trainable"] * bytes_per_param
+    trainable = model.num_parameters(only_trainable=True)
+    weights = model.num_parameters() * bytes_per_param
+    grads = trainable * bytes_per_param
     tensors = sum(1 for p in model.parameters() if p.requires_grad)
-    adam = counts["trainable"] * 2 * 4 + 4 * tensors
+    adam = trainable * 2 * 4 + 4 * tensors
     return {"weights": weights, "gradients": grads, "optimizer": adam, "total": weights + grads + adam}
 
 
