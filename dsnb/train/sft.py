@@ -55,10 +55,13 @@ def build_trainer(
     callbacks: list[TrainerCallback] | None = None,
     progress: bool = True,
     args: TrainingArguments | None = None,
+    trainer_class: type[Trainer] = Trainer,
+    trainer_kwargs: dict[str, Any] | None = None,
 ) -> Trainer:
     """A ``transformers.Trainer`` set up from ``cfg``: schedule, precision, checkpoints, progress lines.
 
-    ``args`` defaults to ``cfg.training_arguments()``.
+    ``args`` defaults to ``cfg.training_arguments()``. ``trainer_class`` / ``trainer_kwargs``: a ``Trainer``
+    subclass and its extra arguments (notebook 04's ``dsnb.train.distill.DistillationTrainer`` and its teacher).
     """
     args = args or cfg.training_arguments()
     cbs: list[TrainerCallback] = [ManifestCallback(compress=cfg.compress_checkpoints)]
@@ -67,10 +70,10 @@ def build_trainer(
     if cfg.early_stopping_patience is not None:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     cbs += list(callbacks or [])
-    trainer = Trainer(
+    trainer = trainer_class(
         model=model, args=args, train_dataset=train_dataset,
         eval_dataset=eval_dataset if cfg.eval_steps is not None else None,
-        data_collator=data_collator(tokenizer), processing_class=tokenizer, callbacks=cbs,
+        data_collator=data_collator(tokenizer), processing_class=tokenizer, callbacks=cbs, **(trainer_kwargs or {}),
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
@@ -182,11 +185,14 @@ def run_sft(
     resume_from: str | Path | None = None,
     callbacks: list[TrainerCallback] | None = None,
     progress: bool = True,
+    trainer_class: type[Trainer] = Trainer,
+    trainer_kwargs: dict[str, Any] | None = None,
 ) -> SFTResult:
     """Fine-tune ``cfg.model`` (or the given model) on the corpus tasks; return model, logs and timings.
 
     ``resume_from`` is a checkpoint directory (verified first, see ``dsnb.train.checkpoint.prepare_resume``)
-    or ``"auto"`` for the newest complete checkpoint in ``cfg.output_dir``.
+    or ``"auto"`` for the newest complete checkpoint in ``cfg.output_dir``. ``trainer_class`` /
+    ``trainer_kwargs`` go to ``build_trainer``.
     """
     check_before_loading(cfg, model)
     torch.manual_seed(cfg.seed)
@@ -206,7 +212,8 @@ def run_sft(
     train_examples = pack_examples(train.examples, cfg.max_seq_len) if cfg.packing else train.examples
     info.update(train_examples=len(train), train_sequences=len(train_examples))
     trainer = build_trainer(cfg, model, tokenizer, to_dataset(train_examples), to_dataset(evald.examples),
-                            callbacks, progress, args=args)
+                            callbacks, progress, args=args, trainer_class=trainer_class,
+                            trainer_kwargs=trainer_kwargs)
     info.update(processes=args.world_size, accumulation=args.gradient_accumulation_steps,
                 effective_batch=effective_batch(args.per_device_train_batch_size, args.gradient_accumulation_steps,
                                                 args.world_size),
