@@ -16,10 +16,21 @@ The accounting, with its sources:
   parameter tensor (counted, so the tiny-model check is exact). ``adamw-8bit`` (bitsandbytes) keeps
   m and v in 8 bits with one fp32 scale per 256 values; ``sgd`` keeps nothing, ``sgd-momentum`` one
   buffer.
+- **Two accountings** (``TrainingPlan.accounting``). ``"minimum"`` is the ZeRO paper's 16 bytes
+  above. ``"realistic"`` is what the stacks that run it hold: DeepSpeed and Megatron-LM keep the
+  gradients in fp32 for the optimizer (2 weights + 4 fp32 gradients + 4 master + 4 + 4 = **18 bytes
+  per trained parameter**, DeepSpeed's ``estimate_zero3_model_states_mem_needs`` and Megatron's
+  distributed-optimizer table), and without ZeRO PyTorch autocast keeps fp32 weights and gradients
+  plus a 16-bit copy of every weight made during forward (4 + 2 + 4 + 8 = 18 as well). Only mixed
+  precision differs; ``fp32``, ``bf16-pure`` and the LoRA adapters (fp32, the frozen base is not
+  copied by autocast) count the same in both. Every figure says which accounting it uses.
 - **ZeRO** (same paper): stage 1 splits optimizer states (with the fp32 master copy) across the
   GPUs, stage 2 also gradients, stage 3 also the 16-bit weights. ``offload="optimizer"`` moves
   optimizer states and the gradient partitions to CPU RAM where the CPU runs the optimizer step
-  (ZeRO-Offload, Ren et al. 2021); ``"optimizer+params"`` also the weights (ZeRO-3 only).
+  (ZeRO-Offload, Ren et al. 2021); ``"optimizer+params"`` also the weights (ZeRO-3 only). The
+  minimum counts what the paper draws there (optimizer states + 16-bit gradients, 14 bytes per
+  parameter); the realistic accounting counts fp32 gradients (16 bytes per parameter) times the
+  1.5 that DeepSpeed's own estimator adds for pinned buffers (24 bytes per parameter).
 - **LoRA** (Hu et al. 2021) freezes the base weights (16-bit, 2 bytes; 4 in fp32) and trains
   ``r·(in + out)`` parameters per adapted matrix; peft keeps adapters in fp32, so each costs
   4 + 4 + 8 = 16 bytes with AdamW. Routed experts stored as one 3-D tensor ``(E, out, in)`` get
@@ -87,6 +98,14 @@ OFFLOADS = ("none", "optimizer", "optimizer+params")
 
 
 ATTENTIONS = ("flash", "eager")
+
+
+#: "minimum": the ZeRO paper's 16 bytes per parameter; "realistic": DeepSpeed / Megatron / autocast's 18.
+ACCOUNTINGS = ("minimum", "realistic")
+
+
+#: DeepSpeed's ``additional_buffer_factor`` for CPU offload memory (its own estimators use 1.5).
+OFFLOAD_BUFFER_FACTOR = 1.5
 
 
 #: Architectures whose q/k/v projections always have a bias (DeepSeek-R1-Distill-Qwen is one).
@@ -348,10 +367,11 @@ class TrainingPlan:
     lora_rank: int = 16
     lora_targets: str | tuple[str, ...] = "all-linear"
     attention: str = "flash"
+    accounting: str = "minimum"
 
     def __post_init__(self) -> None:
         for key, allowed in (("method", METHODS), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
-                             ("offload", OFFLOADS), ("attention", ATTENTIONS)):
+                             ("offload", OFFLOADS), ("attention", ATTENTIONS), ("accounting", ACCOUNTINGS)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not one of {allowed}")
         if self.zero_stage not in (0, 1, 2, 3):
@@ -374,6 +394,8 @@ class TrainingPlan:
         if self.offload != "none":
             parts.append(f"offload {self.offload}")
         parts.append(f"batch {self.micro_batch_size} × {self.seq_len} tokens")
+        if self.accounting != "minimum":
+            parts.append(f"{self.accounting} accounting")
         return ", ".join(parts)
 
 
@@ -563,12 +585,17 @@ def estimate_training_memory(model: Any, plan: TrainingPlan | None = None, **cha
     w16 = 4 if prec == "fp32" else 2  # working weights / gradients / activations
     master = 4 if prec in ("fp16-mixed", "bf16-mixed") else 0
 
+    realistic = plan.accounting == "realistic" and master > 0
     if method == "full":
         trainable, t_tensors = total_params, total_tensors
         weights = total_params * w16
         grads = trainable * w16
         opt = trainable * (master + _optimizer_bytes_per_param(plan.optimizer, prec))
         frozen_weights = 0.0
+        if realistic and z == 0:  # autocast: fp32 weights (the master) + a 16-bit copy, fp32 gradients
+            weights, grads, opt = total_params * (4 + w16), trainable * 4, opt - trainable * master
+        elif realistic:  # DeepSpeed / Megatron: 16-bit weights, fp32 gradients, fp32 master + moments
+            grads = trainable * 4
     else:
         trainable, t_tensors = lora_parameter_count(shape, plan.lora_rank, plan.lora_targets)
         a_bytes = 4  # peft keeps adapters in fp32 even on a 16-bit base (autocast_adapter_dtype=True)
@@ -597,6 +624,8 @@ def estimate_training_memory(model: Any, plan: TrainingPlan | None = None, **cha
     if plan.offload == "optimizer+params":
         cpu += (weights + frozen_weights) * n
         weights = frozen_weights = 0.0
+    if plan.accounting == "realistic":
+        cpu *= OFFLOAD_BUFFER_FACTOR
     weights += frozen_weights
 
     acts = activation_bytes(shape, plan.micro_batch_size, plan.seq_len, act_bytes=w16,
@@ -614,7 +643,7 @@ def estimate_training_memory(model: Any, plan: TrainingPlan | None = None, **cha
         temp += 2 * _layer_weight_params(shape) * (0.5 if method == "qlora" else w16)
     details = {
         "model": shape.name, "plan": plan.describe(), "total_parameters": total_params,
-        "trainable_parameters": trainable, "tokens_per_micro_batch": T,
+        "trainable_parameters": trainable, "tokens_per_micro_batch": T, "accounting": plan.accounting,
     }
     return MemoryBreakdown(weights, grads, opt, acts, temp, cpu, details)
 
