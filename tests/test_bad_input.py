@@ -216,3 +216,64 @@ def test_json_array_line_numbers_scan_the_file_once():
     rows = _array_elements(text)
     assert [line for line, _ in rows[:3]] == [2, 3, 4] and rows[-1] == (20_001, {"text": "row 19999"})
     assert CountingText.scanned <= len(text)
+
+
+# --- models -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, tokenizer):
+    from dsnb.model.load import save_tiny_random
+
+    return save_tiny_random("llama", tmp_path_factory.mktemp("tiny") / "llama", tokenizer=tokenizer)
+
+
+def _broken_copy(src, dst, change):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    config = dst / "config.json"
+    if change == "truncated":
+        weights = dst / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif change == "list":
+        config.write_text("[]")
+    else:
+        values = json.loads(config.read_text())
+        values.update(change)
+        config.write_text(json.dumps(values))
+    return dst
+
+
+@pytest.mark.parametrize("change, match", [
+    ("truncated", r"model.safetensors is truncated or corrupt"),
+    ("list", r"config.json must hold a JSON object of config values, not a list"),
+    ({"hidden_size": "big"}, r"config.json: hidden_size='big': shape values must be positive whole numbers"),
+    ({"num_hidden_layers": -2}, r"config.json: num_hidden_layers=-2: shape values must be positive"),
+], ids=["truncated-weights", "config-list", "hidden-size-text", "negative-layers"])
+def test_load_model_names_the_broken_file(tiny_llama, tmp_path, change, match):
+    from dsnb.model.load import ModelLoadError, load_model
+
+    broken = _broken_copy(tiny_llama, tmp_path / "broken", change)
+    with pytest.raises(ModelLoadError, match=match):
+        load_model(broken)
+
+
+def test_load_model_refuses_unknown_dtype_and_missing_device(tiny_llama):
+    import torch
+
+    from dsnb.model.load import ModelLoadError, load_model
+
+    with pytest.raises(ModelLoadError, match="dtype='float33' is not a torch dtype"):
+        load_model(tiny_llama, dtype="float33")
+    with pytest.raises(ModelLoadError, match="device='tpu9' is not a device name"):
+        load_model(tiny_llama, device="tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="device='cuda' but this machine has no usable CUDA GPU"):
+            load_model(tiny_llama, device="cuda")
+    else:
+        with pytest.raises(ModelLoadError, match="GPU\\(s\\), numbered from 0"):
+            load_model(tiny_llama, device=f"cuda:{torch.cuda.device_count()}")
+    model, _ = load_model(tiny_llama, dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16

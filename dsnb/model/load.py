@@ -41,6 +41,76 @@ def _looks_like_path(name: str) -> bool:
     return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is None
 
 
+#: Shape fields of a config.json that must be positive whole numbers (when present).
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "max_position_embeddings", "moe_intermediate_size", "n_routed_experts",
+                "num_experts_per_tok", "kv_lora_rank", "q_lora_rank", "head_dim")
+
+
+def _check_dtype_and_device(dtype: Any, device: Any) -> None:
+    """Refuse a dtype name torch does not have and a device this machine does not have, before loading."""
+    if not (dtype == "auto" or isinstance(dtype, torch.dtype)
+            or (isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype))):
+        raise ModelLoadError(f"dtype={dtype!r} is not a torch dtype; use 'auto', 'float32', 'bfloat16' or "
+                             "'float16' (or a torch.dtype such as torch.bfloat16)")
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"device={device!r} is not a device name ({exc}); use 'cpu' or 'cuda'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+            raise ModelLoadError(f"device={device!r} but this machine has no usable CUDA GPU (torch is {build}); "
+                                 "use device='cpu', or install a CUDA build of torch on a GPU machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device={device!r} but this machine has {torch.cuda.device_count()} GPU(s), "
+                                 f"numbered from 0")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device={device!r} but Apple's MPS backend is not available here; use device='cpu'")
+
+
+def check_config_values(values: Any, where: str) -> None:
+    """A ``config.json``'s content must be a mapping whose shape fields are positive whole numbers.
+
+    ``where`` names the file in the message (``hidden_size: "big"`` or ``num_hidden_layers: -2``, which
+    would build a model with no layers, are refused here).
+    """
+    if not isinstance(values, dict):
+        raise ModelLoadError(f"{where} must hold a JSON object of config values, not a {type(values).__name__}; "
+                             "copy config.json again from the source checkpoint")
+    bad = [f"{k}={values[k]!r}" for k in SHAPE_FIELDS if values.get(k) is not None
+           and (isinstance(values[k], bool) or not isinstance(values[k], int) or values[k] < 1)]
+    if bad:
+        raise ModelLoadError(f"{where}: {', '.join(bad)}: shape values must be positive whole numbers; "
+                             "fix config.json or copy it again from the source checkpoint")
+
+
+def _check_local_files(path: Path) -> None:
+    """config.json parses to sane values and every safetensors file has a complete header, before loading."""
+    import json
+
+    from safetensors import safe_open
+
+    config_file = path / "config.json"
+    try:
+        values = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{config_file} is not valid JSON ({exc}); copy it again from the source "
+                             "checkpoint") from None
+    check_config_values(values, str(config_file))
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise ModelLoadError(
+                f"{weights} is truncated or corrupt ({exc}; {weights.stat().st_size:,} bytes on disk). Copy it "
+                "again and compare its size (and checksum) with the source."
+            ) from None
+
+
 def load_model(
     name_or_path: str | Path,
     *,
@@ -56,6 +126,7 @@ def load_model(
     ``ModelLoadError`` naming what was asked for and how to work offline. The tokenizer always gets a
     pad token (if it had none, EOS is used and a warning says why that matters for fine-tuning).
     """
+    _check_dtype_and_device(dtype, device)
     if str(name_or_path) == TINY_MODEL_NAME:
         name_or_path = base_model_path()
     name = str(name_or_path)
@@ -74,13 +145,17 @@ def load_model(
                 "save_pretrained wrote (config.json next to the *.safetensors files), or the snapshot "
                 "directory of a downloaded checkpoint."
             )
+        _check_local_files(path)
         name = str(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs
         )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one error that says what to do
+        if not is_local and not isinstance(exc, OSError | ValueError):
+            raise ModelLoadError(f"Could not load {name!r} ({type(exc).__name__}: {exc}); check that this "
+                                 "transformers version supports it (python -m dsnb.plan.doctor)") from exc
         if is_local:
             raise ModelLoadError(
                 f"Could not load the model saved in {name} ({type(exc).__name__}: {exc}). Check that the "
@@ -101,8 +176,14 @@ def load_model(
             "or the model never learns to emit EOS.", name,
         )
         tokenizer.pad_token = tokenizer.eos_token
+    if not is_local:
+        check_config_values(model.config.to_dict(), f"the config of {name!r}")
     if device is not None:
-        model.to(device)
+        try:
+            model.to(device)
+        except (RuntimeError, AssertionError) as exc:
+            raise ModelLoadError(f"could not move {name} to device={device!r} ({exc}); use device='cpu' or a "
+                                 "smaller dtype") from exc
     return model, tokenizer
 
 
