@@ -1,14 +1,81 @@
-"""Training losses written out: the combined CE + KL distillation loss.
+"""Training losses written out: the combined CE + KL distillation loss, sequence log-probabilities and
+the DPO / IPO preference losses.
 
 ``CombinedLoss``: ``ce_weight · CE + kl_weight · T² · KL(teacher ‖ student)`` on causal-LM logits with
 the causal shift, ``-100`` masking, temperature and an optional chunked (memory-bounded) path;
 checked against transformers' ``ForCausalLMLoss`` and TRL's ``generalized_jsd_loss`` in the tests.
 Taught in notebook 04.
+
+``sequence_logps`` sums (or averages) the log-probabilities a causal LM gives to the completion
+tokens of each sequence, with the same one-position shift transformers uses for its loss.
+``dpo_loss`` turns the four sequence log-probs of a preference pair (policy and reference, chosen and
+rejected) into the per-pair loss and the implicit rewards ``β·(log π − log π_ref)``. Checked equal to
+TRL's ``DPOTrainer`` in the tests. Taught in notebook 06.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo")
+
+
+def sequence_logps(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, average: bool = False
+) -> torch.Tensor:
+    """Log-probability of each sequence's completion tokens, shape ``(batch,)``.
+
+    ``logits`` (batch, length, vocab) score the token *after* each position, so position ``t``
+    scores ``labels[t + 1]`` (the causal shift of ``transformers``' loss). Positions whose label is
+    ``ignore_index`` (prompt, padding) add nothing. ``average=True`` divides by the number of
+    completion tokens (length-normalised log-probs, as IPO uses). Taught in notebook 06.
+    """
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} must share (batch, length)")
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != ignore_index
+    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    total = (token_logps * mask).sum(-1)
+    return total / mask.sum(-1).clamp(min=1) if average else total
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair preference losses and the (detached) chosen and rejected rewards.
+
+    With ``h = (log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))``:
+
+    - ``"sigmoid"`` (DPO, Rafailov et al. 2023): ``−log σ(β·h)``; with ``label_smoothing`` ε the
+      conservative form ``−(1−ε)·log σ(β·h) − ε·log σ(−β·h)`` (labels flipped with probability ε);
+    - ``"ipo"`` (Azar et al. 2023): ``(h − 1/(2β))²``. TRL normalises IPO by completion length: pass
+      per-token averages (``sequence_logps(..., average=True)``) to get its numbers.
+
+    Rewards are ``β·(log π − log π_ref)`` for chosen and rejected, detached (they are measurements,
+    not part of the gradient). Taught in notebook 06.
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r}: use one of {DPO_LOSS_TYPES}")
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    h = chosen_logratios - rejected_logratios
+    if loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    else:
+        losses = (h - 1 / (2 * beta)) ** 2
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
 
 # --- The combined CE + KL (distillation) loss: notebook 04 ---------------------------------------
 
