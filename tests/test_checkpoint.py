@@ -286,3 +286,12 @@ def test_early_stopping_ends_with_the_best_checkpoints_weights(tmp_path):
     assert any("experts.gate_up_proj" in n for n in got)
     for name, value in want.items():
         torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_sha256_file_equals_hashing_the_bytes(tmp_path):
+    import hashlib
+    import os
+
+    data = os.urandom(3 * 2**20 + 17)  # several read chunks and a ragged end
+    (tmp_path / "blob").write_bytes(data)
+    assert sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()

@@ -52,13 +52,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint is incomplete, truncated or corrupted; the message names the file and what to do."""
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """The SHA-256 hex digest of a file, read in chunks."""
-    h = hashlib.sha256()
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 hex digest of a file (``hashlib.file_digest`` reads it in chunks)."""
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _zstd():
