@@ -126,10 +126,7 @@ def system_checks() -> list[Check]:
         build = "CPU build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
         checks.append(Check("gpu", f"none (torch is a {build})", True,
                             "fine for the course defaults; see README 'Scale it up' for GPUs"))
-    cache = cache_dir()
-    free = shutil.disk_usage(cache).free / 2**30
-    checks.append(Check("cache", f"{cache} ({free:.0f} GiB free; set {ENV_VAR} to move it)", free > 1,
-                        "" if free > 1 else f"free disk space or set {ENV_VAR} to a larger disk"))
+    checks.append(cache_check())
     for mod in ("dsnb", "jupyterlab", "nbmake"):
         try:
             importlib.import_module(mod)
@@ -137,6 +134,21 @@ def system_checks() -> list[Check]:
         except ImportError:
             checks.append(Check(f"import {mod}", "missing", False, "make setup (installs .[dev])"))
     return checks
+
+
+def cache_check() -> Check:
+    """The cache directory exists (or can be made), is a directory, and has more than 1 GiB free."""
+    try:
+        cache = cache_dir()
+        free = shutil.disk_usage(cache).free / 2**30
+    except OSError as exc:
+        where = os.environ.get(ENV_VAR) or "~/.cache/dsnb"
+        what = "a file, not a directory" if os.path.isfile(os.path.expanduser(where)) else "unusable"
+        return Check("cache", f"{where} is {what} ({type(exc).__name__}: {exc.strerror or exc})", False,
+                     f"point {ENV_VAR} at a writable directory (it names {where!r}, which is not one), "
+                     f"or unset {ENV_VAR} to use ~/.cache/dsnb")
+    return Check("cache", f"{cache} ({free:.0f} GiB free; set {ENV_VAR} to move it)", free > 1,
+                 "" if free > 1 else f"free disk space or set {ENV_VAR} to a larger disk")
 
 
 def run_checks() -> list[Check]:

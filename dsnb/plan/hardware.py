@@ -56,6 +56,8 @@ def gpu_spec(gpu: str | GPUSpec | float) -> GPUSpec:
     if isinstance(gpu, GPUSpec):
         return gpu
     if isinstance(gpu, int | float):
+        if not gpu > 0:
+            raise ValueError(f"GPU memory must be a positive number of GiB, not {gpu!r}")
         return GPUSpec(f"custom {gpu:g} GiB", int(gpu * GiB))
     if gpu not in GPUS:
         raise ValueError(f"unknown GPU {gpu!r}; choose from {sorted(GPUS)} or pass its memory in GiB")
@@ -199,6 +201,44 @@ def _changes(plan: TrainingPlan, max_gpus: int) -> list[tuple[str, str, Callable
     return out
 
 
+def _combinations(options: list[tuple[str, str, Callable[[TrainingPlan], TrainingPlan]]]) -> list[tuple[int, ...]]:
+    """Index sets of ``options`` with at most one change per group: fewest changes first, then cheapest
+    (lowest rank sum). Built group by group, so the count grows with the product of the group sizes
+    (a few hundred), not with 2 ** len(options)."""
+    by_group: dict[str, list[int]] = {}
+    for i, (group, _, _) in enumerate(options):
+        by_group.setdefault(group, []).append(i)
+    combos = [tuple(sorted(c)) for size in range(1, len(by_group) + 1)
+              for groups in itertools.combinations(by_group.values(), size) for c in itertools.product(*groups)]
+    return sorted(combos, key=lambda c: (len(c), sum(c), c))
+
+
+def _check_fit_inputs(shape: Any, spec: GPUSpec, reserve: float, max_gpus: int, host_ram_gib: float | None) -> None:
+    """Refuse inputs that would give a meaningless verdict (negative sizes fit anywhere)."""
+    from dataclasses import fields as dataclass_fields
+
+    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size")
+    bad = []
+    for f in dataclass_fields(shape):
+        value = getattr(shape, f.name)
+        if f.name in required and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            bad.append(f"{f.name}={value!r}")
+        elif f.name not in required and isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            bad.append(f"{f.name}={value!r}")
+    if bad:
+        raise ValueError(f"model {shape.name!r}: {', '.join(bad)}; sizes must be positive whole numbers")
+    if not 0 <= reserve < 1:
+        raise ValueError(f"reserve={reserve!r}: the share of each GPU's memory kept free must be in [0, 1) "
+                         f"(the article keeps {RESERVE})")
+    if spec.memory_bytes <= 0:
+        raise ValueError(f"GPU {spec.name!r} has {spec.memory_bytes} bytes of memory; it must be positive")
+    if isinstance(max_gpus, bool) or not isinstance(max_gpus, int) or max_gpus < 1:
+        raise ValueError(f"max_gpus={max_gpus!r} must be a whole number >= 1")
+    if host_ram_gib is not None and not host_ram_gib >= 0:
+        raise ValueError(f"host_ram_gib={host_ram_gib!r} must be >= 0 (or None)")
+
+
 def fits(model: Any, plan: TrainingPlan | None = None, gpu: str | GPUSpec | float = "A100 80GB",
          reserve: float = RESERVE, max_gpus: int = 64, host_ram_gib: float | None = None,
          **changes: Any) -> FitVerdict:
@@ -216,30 +256,26 @@ def fits(model: Any, plan: TrainingPlan | None = None, gpu: str | GPUSpec | floa
     """
     spec = gpu_spec(gpu)
     plan = replace(plan or TrainingPlan(), **changes)
-    usable = spec.memory_bytes * (1 - reserve)
     shape = _as_shape(model)
+    _check_fit_inputs(shape, spec, reserve, max_gpus, host_ram_gib)
+    usable = spec.memory_bytes * (1 - reserve)
     est = estimate_training_memory(shape, plan)
     verdict = FitVerdict(shape.name, plan, spec, est.total, usable, est.cpu_offloaded)
     if verdict.fits:
         return verdict
-    options = list(enumerate(_changes(plan, max_gpus)))
-    for size in range(1, len(options) + 1):
-        combos = sorted(itertools.combinations(options, size), key=lambda c: sum(i for i, _ in c))
-        for combo in combos:
-            groups = [g for _, (g, _, _) in combo]
-            if len(set(groups)) < len(groups):
-                continue
-            candidate = plan
-            for _, (_, _, change) in combo:
-                candidate = change(candidate)
-            est_c = estimate_training_memory(shape, candidate)
-            if host_ram_gib is not None and est_c.cpu_offloaded > host_ram_gib * GiB:
-                continue
-            if est_c.total <= usable:
-                verdict.fix = " + ".join(label for _, (_, label, _) in combo)
-                verdict.fix_plan, verdict.fix_need_bytes = candidate, est_c.total
-                verdict.fix_cpu_bytes = est_c.cpu_offloaded
-                return verdict
+    options = _changes(plan, max_gpus)
+    for combo in _combinations(options):
+        candidate = plan
+        for i in combo:
+            candidate = options[i][2](candidate)
+        est_c = estimate_training_memory(shape, candidate)
+        if host_ram_gib is not None and est_c.cpu_offloaded > host_ram_gib * GiB:
+            continue
+        if est_c.total <= usable:
+            verdict.fix = " + ".join(options[i][1] for i in combo)
+            verdict.fix_plan, verdict.fix_need_bytes = candidate, est_c.total
+            verdict.fix_cpu_bytes = est_c.cpu_offloaded
+            return verdict
     return verdict
 
 
