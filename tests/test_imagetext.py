@@ -18,10 +18,11 @@ needs_tesseract = pytest.mark.skipif(
 
 def test_levenshtein_equals_nltk():
     rng = random.Random(0)
-    for _ in range(50):
-        a = "".join(rng.choice("abc ") for _ in range(rng.randrange(0, 12)))
-        b = "".join(rng.choice("abc ") for _ in range(rng.randrange(0, 12)))
-        assert imagetext.levenshtein(a, b) == nltk.edit_distance(a, b)
+    for alphabet in ("abc ", "aé漢\n"):
+        for _ in range(200):
+            a = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+            b = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+            assert imagetext.levenshtein(a, b) == nltk.edit_distance(a, b)
 
 
 def test_cer_hand_made():
