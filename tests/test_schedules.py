@@ -9,6 +9,7 @@ import pytest
 from dsnb.train.schedules import (
     REAL_FLOOR_LR,
     REAL_PEAK_LR,
+    REAL_TOTAL_STEPS,
     REAL_WARMUP_STEPS,
     library_lr_curve,
     lr_curve,
@@ -33,10 +34,13 @@ def test_formula_equals_library_at_real_scale():
 
 
 def test_scaled_warmup_keeps_the_fraction():
-    assert scaled_warmup_steps(10_000) == 500
-    assert scaled_warmup_steps(200) == 10
-    assert scaled_warmup_steps(3) == 1
-    assert scaled_warmup_steps(1) == 0
+    fraction = REAL_WARMUP_STEPS / REAL_TOTAL_STEPS
+    assert scaled_warmup_steps(REAL_TOTAL_STEPS) == REAL_WARMUP_STEPS
+    for n in range(1, 3001):
+        w = scaled_warmup_steps(n)
+        assert 0 <= w < n, n  # the decay phase is never empty
+        assert w >= 1 or n == 1, n  # at least one warmup step whenever there is room for it
+        assert abs(w - n * fraction) <= max(1, 0.5 + 1e-9), n  # the real recipe's fraction, rounded
     with pytest.raises(ValueError):
         scaled_warmup_steps(0)
 

@@ -52,12 +52,24 @@ def test_labels_cover_exactly_the_answer(corpus, tokenizer):
     assert enc["input_ids"][0] == tokenizer.bos_token_id
 
 
-def test_next_line_task_is_deterministic(corpus):
-    pairs = corpus.pairs_in("train")[:50]
-    a = [chat_messages(p, "next_line") for p in pairs]
-    b = [chat_messages(p, "next_line") for p in pairs]
-    assert a == b
-    made = [m for m in a if m is not None]
+def test_next_line_task_is_deterministic(corpus, tmp_path):
+    """The same next-line examples in two fresh processes with different string-hash seeds (no hash() of str)."""
+    import json
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    (tmp_path / "pairs.pkl").write_bytes(pickle.dumps(corpus.pairs_in("train")[:50]))
+    code = ("import json, pickle, sys\nfrom dsnb.train.chat import chat_messages\n"
+            "pairs = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+            "print(json.dumps([chat_messages(p, 'next_line') for p in pairs]))\n")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code, str(tmp_path / "pairs.pkl")], check=True,
+                                      env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True,
+                                      timeout=300).stdout)
+            for seed in ("1", "2")]
+    assert runs[0] == runs[1]
+    made = [m for m in runs[0] if m is not None]
     assert made and all(m[-1]["content"].strip() for m in made)
 
 

@@ -29,7 +29,8 @@ REAL_TOTAL_STEPS = 10_000
 def scaled_warmup_steps(max_steps: int, real_warmup: int = REAL_WARMUP_STEPS, real_total: int = REAL_TOTAL_STEPS) -> int:
     """Warmup steps for a run of ``max_steps`` that keep the real recipe's warmup fraction.
 
-    At least 1, and always fewer than ``max_steps`` (so the decay phase is never empty).
+    Always fewer than ``max_steps`` (so the decay phase is never empty) and at least 1 when that
+    leaves room, i.e. from ``max_steps = 2`` on; a 1-step run has no warmup.
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
