@@ -15,8 +15,11 @@ from dsnb.data.corpus import build_corpus, split_of, stdlib_root
 from dsnb.model.load import TINY_ARCHITECTURES, ModelLoadError, load_model, save_tiny_random
 from dsnb.model.lora import lora_target_modules, lora_target_parameters
 from dsnb.model.pretrain import (
+    SAMPLE_PROMPTS,
     PretrainConfig,
     base_model_path,
+    greedy_samples,
+    pack_texts,
     pretrain,
     pretraining_report,
     tiny_deepseek_config,
@@ -47,14 +50,30 @@ def test_tiny_config_keeps_deepseek_v3_parts():
     assert tiny_deepseek_config(hidden_size=64).hidden_size == 64
 
 
-def test_base_model_learned_something_real(base_dir):
+def test_base_model_learned_something_real(base_dir, corpus):
+    """Averages over held-out tokens, which are stable across machines; a tiny model's greedy text is not."""
     report = pretraining_report(base_dir)
     # held-out (test split, modules never trained on) loss clearly below the unigram entropy
     assert report["test_loss_after"] < report["test_unigram_entropy"] - 1.0
     assert report["test_loss_after"] < report["test_loss_before"] - 3.0
-    continuations = [s[len(p):] for p, s in report["samples"].items()]
-    pythonic = sum(any(k in c for k in ("def ", "return", "self", "import", "(", ":")) for c in continuations)
-    assert pythonic >= len(continuations) - 1
+    # next-token accuracy on held-out code far above the best context-free guess (the commonest token)
+    model, tok = load_model(base_dir, dtype=torch.float32)
+    blocks = pack_texts(corpus.texts("test"), tok, 128)[:64]
+    with torch.no_grad():
+        predicted = model(input_ids=blocks).logits[:, :-1].argmax(-1)
+    targets = blocks[:, 1:]
+    commonest = targets.flatten().bincount().max().item() / targets.numel()
+    assert (predicted == targets).float().mean().item() > commonest + 0.1
+
+
+def test_base_model_greedy_samples_are_reproducible_on_one_machine(base_dir):
+    """The report shows one greedy continuation per prompt; the text itself differs across CPUs."""
+    report = pretraining_report(base_dir)
+    assert sorted(report["samples"]) == sorted(SAMPLE_PROMPTS)
+    assert all(s.startswith(p) and len(s) > len(p) for p, s in report["samples"].items())
+    model, tok = load_model(base_dir, dtype=torch.float32)
+    first = greedy_samples(model, tok, SAMPLE_PROMPTS[:2], max_new_tokens=12)
+    assert greedy_samples(model, tok, SAMPLE_PROMPTS[:2], max_new_tokens=12) == first
 
 
 def test_base_model_loads_from_cache_without_rebuilding(base_dir):
