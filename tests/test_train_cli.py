@@ -77,3 +77,59 @@ def test_runs_under_accelerate_launch(tmp_path):
     r = json.loads((out / "results.json").read_text())
     assert (r["processes"], r["accumulation"], r["effective_batch"], r["steps"]) == (1, 4, 8, 3)
     assert "effective batch 8 = 2 per device x 4 accumulation x 1 process" in proc.stdout
+
+
+_SLOW_RANK_1 = '''import os
+if os.environ.get("RANK") == "1":  # rank 1 writes its RNG state late, as a busy rank would
+    import time
+
+    import transformers.trainer as t
+
+    _save = t.Trainer._save_rng_state
+
+    def _late(self, output_dir):
+        time.sleep(2)
+        return _save(self, output_dir)
+
+    t.Trainer._save_rng_state = _late
+'''
+
+
+def test_two_processes_compressed_checkpoints_resume(tmp_path):
+    """torchrun, 2 processes, compressed checkpoints: every rank's files are in the manifest (rank 0 waits for
+    rank 1 before hashing), resume restores once, and the resumed run ends with the uninterrupted run's weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dsnb.train.checkpoint import MANIFEST, verify_checkpoint
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SLOW_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)])}
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    out = tmp_path / "run"
+    sets = _sets(out, max_steps=4, save_steps=2, save_total_limit="null", compress_checkpoints="true")
+
+    def launch(*extra: str) -> dict:
+        proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29535", "-m", "dsnb.train",
+                               str(TINY), *sets, *extra], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((out / "results.json").read_text())
+
+    full = launch()
+    for step in (2, 4):
+        ck = out / f"checkpoint-{step}"
+        manifest = verify_checkpoint(ck)
+        assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(manifest["files"])
+        assert sorted(p.name for p in ck.iterdir() if not p.name.endswith(".zst")) == [MANIFEST]
+    shutil.move(out / "final", tmp_path / "full-final")
+    shutil.rmtree(out / "checkpoint-4")
+    (out / "results.json").unlink()
+    resumed = launch("--resume", "auto")
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["steps"] == full["steps"] == 4
+    assert not (out / ".restored").exists()
+    wa, wb = load_file(tmp_path / "full-final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5, msg=name)
