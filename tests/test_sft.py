@@ -104,6 +104,27 @@ def test_packing_keeps_every_label(small_data):
     assert flat == [t for e in small_data.examples for t in e["labels"]]
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_padding_free_packing_keeps_examples_apart(base, small_data, tokenizer, attention):
+    """Packing (one row, positions restarting per example) gives the padded batch's loss; the same row
+    without the restarts lets examples attend to each other and the loss changes."""
+    from dsnb.train.chat import data_collator
+
+    model = copy.deepcopy(base[0])
+    model.set_attn_implementation(attention)
+    examples = [dict(e) for e in small_data.examples[:6]]
+    padded = data_collator(tokenizer)(examples)
+    flat = data_collator(tokenizer, packing=True)(examples)
+    assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat
+    assert flat["input_ids"].shape[1] == sum(len(e["input_ids"]) for e in examples) < padded["input_ids"].numel()
+    with torch.no_grad():
+        loss_padded = model(**padded).loss
+        loss_packed = model(**flat).loss
+        loss_leaky = model(input_ids=flat["input_ids"], labels=flat["labels"]).loss
+    torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-5)
+    assert abs(loss_leaky - loss_padded) > 1e-3
+
+
 def test_batch_planning():
     assert effective_batch(2, 4, 1) == effective_batch(4, 1, 2) == 8
     assert plan_batch(8, 2, 1) == 4

@@ -4,8 +4,10 @@ The corpus's instruction pairs (a function's signature -> its one-line summary; 
 line) become conversations through the tokenizer's chat template; labels are the assistant tokens
 only (prompt and padding are -100), taken from ``apply_chat_template(...,
 return_assistant_tokens_mask=True)``. ``load_split`` also reads notebook 02's cleaned dialogues.
-``pack_examples`` (optional packing) and ``data_collator`` (padding to a multiple of 16) make the
-batches.
+``data_collator`` makes the batches: padded to a multiple of 16, or with ``packing=True`` padding-free
+(transformers' ``DataCollatorWithFlattening``: a micro-batch's examples joined into one row whose
+``position_ids`` restart at each example, so transformers' attention keeps the examples apart and
+the loss equals the padded batch's; tested on DeepSeek-V3 with eager and sdpa attention).
 
 Taught in notebook 03.
 """
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 from transformers import (
     DataCollatorForSeq2Seq,
+    DataCollatorWithFlattening,
     PreTrainedTokenizerBase,
 )
 
@@ -169,10 +172,13 @@ def build_sft_data(
 
 
 def pack_examples(examples: list[dict[str, list[int]]], max_seq_len: int) -> list[dict[str, list[int]]]:
-    """Greedily join whole examples into sequences of at most ``max_seq_len`` tokens (packing).
+    """Greedily join whole examples into rows of at most ``max_seq_len`` tokens (naive packing).
 
-    Labels keep their -100 masks, so the loss still covers answers only. Attention is not reset at
-    example boundaries (the usual cheap packing); fewer padding tokens make each step cheaper.
+    Labels keep their -100 masks, so the loss still covers answers only, but attention is not reset
+    at example boundaries: every token also attends to the earlier examples of its row, and
+    positions run on across them. What that costs is measured by ``benchmarks/packing.py``. Notebook 08
+    uses it to build full-length rows for memory measurements; training packs padding-free instead
+    (``data_collator(tokenizer, packing=True)``, ``FinetuneConfig.packing``).
     """
     packed: list[dict[str, list[int]]] = []
     cur: dict[str, list[int]] = {"input_ids": [], "attention_mask": [], "labels": []}
@@ -196,12 +202,21 @@ def to_dataset(examples: list[dict[str, list[int]]]):
     return Dataset.from_list(examples)
 
 
-def data_collator(tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = 16) -> DataCollatorForSeq2Seq:
+def data_collator(
+    tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = 16, packing: bool = False
+) -> DataCollatorForSeq2Seq | DataCollatorWithFlattening:
     """Pads ``input_ids`` with the pad token, ``attention_mask`` with 0 and ``labels`` with -100.
 
     Padding to a multiple of 16 keeps the number of distinct batch shapes small; each new shape costs
     a slow first step on CPU (kernel selection) and on GPU (allocator, compiled kernels).
+
+    ``packing=True``: no padding at all. The micro-batch becomes one row with ``position_ids``
+    restarting at each example and no attention mask; transformers reads the restarts as example
+    boundaries and masks attention across them (any attention implementation), and each example's
+    first label is -100, so nothing is learnt across a boundary. Same loss as the padded batch.
     """
+    if packing:
+        return DataCollatorWithFlattening(return_tensors="pt")
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt",
                                   pad_to_multiple_of=pad_to_multiple_of)
 

@@ -30,7 +30,7 @@ from transformers import (
 
 from dsnb.model.load import load_model
 from dsnb.progress import LineProgress
-from dsnb.train.chat import SFTData, data_collator, load_sft_data, pack_examples, to_dataset
+from dsnb.train.chat import SFTData, data_collator, load_sft_data, to_dataset
 from dsnb.train.checkpoint import ManifestCallback, prepare_resume_on_main, remove_restored_on_main
 from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, launch_state, resolve_precision
 from dsnb.train.prepare import prepare_model
@@ -73,7 +73,7 @@ def build_trainer(
     trainer = trainer_class(
         model=model, args=args, train_dataset=train_dataset,
         eval_dataset=eval_dataset if cfg.eval_steps is not None else None,
-        data_collator=data_collator(tokenizer), processing_class=tokenizer, callbacks=cbs, **(trainer_kwargs or {}),
+        data_collator=data_collator(tokenizer, packing=cfg.packing), processing_class=tokenizer, callbacks=cbs, **(trainer_kwargs or {}),
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
@@ -209,9 +209,8 @@ def run_sft(
     if not train.examples:
         raise ConfigError(f"no training examples for tasks {list(cfg.tasks)} (train_examples={cfg.train_examples}); "
                           "check the data and the tasks")
-    train_examples = pack_examples(train.examples, cfg.max_seq_len) if cfg.packing else train.examples
-    info.update(train_examples=len(train), train_sequences=len(train_examples))
-    trainer = build_trainer(cfg, model, tokenizer, to_dataset(train_examples), to_dataset(evald.examples),
+    info.update(train_examples=len(train))
+    trainer = build_trainer(cfg, model, tokenizer, to_dataset(train.examples), to_dataset(evald.examples),
                             callbacks, progress, args=args, trainer_class=trainer_class,
                             trainer_kwargs=trainer_kwargs)
     info.update(processes=args.world_size, accumulation=args.gradient_accumulation_steps,
