@@ -315,8 +315,11 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     if value is None:
         return "expected a value, not null"
     origin = typing.get_origin(hint) or hint
-    wanted = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
-              tuple: "a list", dict: "a mapping"}[origin]
+    names = {bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+             tuple: "a list", dict: "a mapping"}
+    if origin not in names:
+        return None  # an annotation this check does not know (checked where the field is used)
+    wanted = names[origin]
     ok = {bool: isinstance(value, bool),
           int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, int | float) and not isinstance(value, bool),

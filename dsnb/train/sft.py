@@ -5,6 +5,18 @@
 label smoothing, early stopping, verified checkpoints (``dsnb.train.checkpoint``) and
 ``LineProgress``. ``run_sft`` loads the model and data, trains, evaluates and resumes.
 
+Why ``transformers.Trainer`` and not TRL's ``SFTTrainer`` / ``SFTConfig`` (TRL is a dependency; the
+DPO and distillation stages use it): ``SFTTrainer`` is a ``Trainer`` subclass, so it would keep the
+accumulation equality, resume and recipes, but it would replace little of ours. Its assistant-only
+loss is the same ``return_assistant_tokens_mask`` labelling ``dsnb.train.chat.tokenize_chat`` does
+(about 20 lines); its padding-free packing is the ``DataCollatorWithFlattening`` that
+``dsnb.train.chat.data_collator(packing=True)`` already uses. In exchange it would tokenize the data
+itself, truncating examples longer than ``max_length`` where ``dsnb.train.chat`` drops and counts
+them (a cut-off answer teaches the model to stop mid-line); and its ``compute_loss`` computes the
+entropy and token accuracy of every training step, an extra pass over the logits that the CPU runs
+of this course would pay at every step. ``FinetuneConfig`` would still be needed to map the recipes
+onto ``SFTConfig``. Token accuracy is reported at evaluation instead (``dsnb.train.evaluation``).
+
 Taught in notebook 03.
 """
 
