@@ -261,3 +261,14 @@ def test_activation_measurement_counts_each_storage_once():
     x = torch.randn(4, 8)
     m = measure_activation_bytes(Twice(), x=x)
     assert m["bytes"] == 2 * 4 * 8 * 4  # x (saved by the linear) and y (saved by both products, once)
+
+
+def test_training_precision_names_map_onto_the_estimator():
+    """FinetuneConfig's precisions (TrainingArguments' bf16/fp16 switches) are the estimator's -mixed ones."""
+    from dsnb.plan.estimate import TRAINING_PRECISIONS, TrainingPlan
+    from dsnb.train.config import PRECISIONS as TRAIN_PRECISIONS
+
+    assert set(TRAIN_PRECISIONS) - {"auto"} == set(TRAINING_PRECISIONS)
+    for name, canonical in TRAINING_PRECISIONS.items():
+        assert TrainingPlan(precision=name) == TrainingPlan(precision=canonical)
+        assert canonical in PRECISIONS

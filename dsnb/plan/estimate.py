@@ -91,6 +91,12 @@ METHODS = ("full", "lora", "qlora")
 PRECISIONS = ("fp32", "fp16-mixed", "bf16-mixed", "bf16-pure")
 
 
+#: The one place the training recipes' names meet this vocabulary: ``FinetuneConfig.precision`` (after
+#: ``resolve_precision``) names ``TrainingArguments``' ``bf16`` / ``fp16`` switches, which autocast over
+#: fp32 master weights, i.e. the ``-mixed`` precisions. ``TrainingPlan`` accepts either spelling.
+TRAINING_PRECISIONS = {"fp32": "fp32", "bf16": "bf16-mixed", "fp16": "fp16-mixed"}
+
+
 OPTIMIZERS = ("adamw", "adamw-8bit", "sgd", "sgd-momentum")
 
 
@@ -370,6 +376,7 @@ class TrainingPlan:
     accounting: str = "minimum"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", TRAINING_PRECISIONS.get(self.precision, self.precision))
         for key, allowed in (("method", METHODS), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
                              ("offload", OFFLOADS), ("attention", ATTENTIONS), ("accounting", ACCOUNTINGS)):
             if getattr(self, key) not in allowed:
