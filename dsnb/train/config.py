@@ -86,6 +86,12 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     label_smoothing: float = 0.0
+    # notebook 05: curriculum by difficulty (dsnb.train.curriculum), adversarial embeddings (dsnb.train.adversarial)
+    curriculum: str | None = None  # None, "discrete" (stages at max_seq_len/4, /2), "linear" or "root" pacing
+    curriculum_steps: int | None = None  # steps per stage (discrete) or ramp steps (None: a third / half of max_steps)
+    adversarial: str | None = None  # None, "fgsm", "fgm" or "pgd": perturb the input embeddings each step
+    adversarial_epsilon: float = 0.01
+    adversarial_steps: int = 1  # PGD's K
     precision: str = "auto"
     gradient_checkpointing: bool = False
     early_stopping_patience: int | None = None

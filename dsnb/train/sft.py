@@ -42,9 +42,11 @@ from transformers import (
 
 from dsnb.model.load import load_model
 from dsnb.progress import LineProgress
+from dsnb.train.adversarial import AdversarialMixin, settings_from_config
 from dsnb.train.chat import SFTData, data_collator, load_sft_data, to_dataset
 from dsnb.train.checkpoint import ManifestCallback, prepare_resume_on_main, remove_restored_on_main
 from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, launch_state, resolve_precision
+from dsnb.train.curriculum import CurriculumMixin, schedule_from_config
 from dsnb.train.prepare import prepare_model
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,10 @@ def build_trainer(
     if cfg.early_stopping_patience is not None:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     cbs += list(callbacks or [])
+    curriculum, adversarial = schedule_from_config(cfg), settings_from_config(cfg)
+    if curriculum or adversarial:  # notebook 05: curriculum sampling and adversarial steps as Trainer mixins
+        trainer_class = type(trainer_class.__name__, (CurriculumMixin, AdversarialMixin, trainer_class), {})
+        trainer_kwargs = {**(trainer_kwargs or {}), "curriculum": curriculum, "adversarial": adversarial}
     trainer = trainer_class(
         model=model, args=args, train_dataset=train_dataset,
         eval_dataset=eval_dataset if cfg.eval_steps is not None else None,
