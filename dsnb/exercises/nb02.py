@@ -1,16 +1,23 @@
-"""Exercise checks for notebook 02 (data preparation). Expected values are computed by dsnb."""
+"""Exercise checks and worked solutions for notebook 02 (data preparation).
+
+Expected values are computed by dsnb. Exercise 1 uses rows the notebook does not deduplicate on the
+page (``EXERCISE_TEXTS``, not the sample file the notebook shows).
+"""
 
 from __future__ import annotations
 
 import json
 
 from dsnb.data.codeprep import complexity
-from dsnb.data.dedup import duplicate_rate
-from dsnb.data.dialogue import distinct_n
+from dsnb.data.dedup import deduplicate, duplicate_rate, jaccard, normalize
+from dsnb.data.dialogue import distinct_n, diversity_words
 from dsnb.data.records import samples_dir
-from dsnb.exercises import check_number
+from dsnb.exercises import Solutions, check_number
 
-#: Exercise 1 works on these texts (also in data_samples/duplicates.jsonl).
+SOLUTIONS = Solutions("02")
+solution = SOLUTIONS.show
+
+#: The rows of data_samples/duplicates.jsonl, which the notebook deduplicates on the page.
 DUPLICATE_TEXTS = [
     "Return the size of a file, reported by os.stat().",
     "return the  size of a file, reported by   os.stat().",
@@ -20,6 +27,21 @@ DUPLICATE_TEXTS = [
     "Return True if the path exists and is a regular file; symbolic links are followed too.",
     "Serialize obj to a JSON formatted str using the given indent level and separators.",
     "Split a pathname into a pair (head, tail) where tail is everything after the final slash.",
+]
+
+#: Exercise 1: the share of these rows that repeat an earlier row (exactly or nearly, Jaccard >= 0.8).
+EXERCISE_TEXTS = [
+    "Open a file and return a stream; raise OSError upon failure.",
+    "Read and return at most size bytes from the stream.",
+    "open a file and return a stream;  raise OSError upon failure.",
+    "Return the canonical path of the specified filename, eliminating any symbolic links encountered in the path.",
+    "Read and return at most size characters from the stream.",
+    "Return the canonical path of the specified filename, eliminating any symbolic links encountered in the path "
+    "string.",
+    "Write the given bytes to the underlying raw stream and return the number of bytes written.",
+    "Flush the write buffers of the stream if applicable.",
+    "Read and return at most size bytes from the stream.",
+    "Close the stream; further operations on it raise ValueError.",
 ]
 
 #: Exercise 2: distinct-2 of these queries.
@@ -44,10 +66,29 @@ FUNCTION = '''def classify(n, strict=False):
 
 
 def check_duplicate_rate(answer: float | None) -> bool:
-    """Exercise 1: the share of DUPLICATE_TEXTS that repeat an earlier text (exactly or nearly)."""
-    return check_number("02.1 duplicate rate", answer, duplicate_rate(DUPLICATE_TEXTS), rel_tol=0.01,
-                        hint="count rows equal to an earlier one after normalising case and spaces, plus "
-                             "near copies (one word added); divide by the number of rows.")
+    """Exercise 1: the share of EXERCISE_TEXTS that repeat an earlier text (exactly or nearly)."""
+    return check_number("02.1 duplicate rate", answer, duplicate_rate(EXERCISE_TEXTS), rel_tol=0.01,
+                        hint="count rows equal to an earlier one after normalising case and spaces, plus near "
+                             "copies whose word-3-gram Jaccard similarity is at least 0.8 (one changed word in "
+                             "a short sentence is far below that); divide by the number of rows.")
+
+
+@SOLUTIONS.register(1)
+def _solution_1() -> str:
+    result = deduplicate(EXERCISE_TEXTS, threshold=0.8)
+    lines = [f"  row {d.index} repeats row {d.of} ({d.kind}, Jaccard {jaccard(EXERCISE_TEXTS[d.index], EXERCISE_TEXTS[d.of]):.2f})"
+             for d in result.removed]
+    close = jaccard(EXERCISE_TEXTS[1], EXERCISE_TEXTS[4])
+    return f"""
+Normalise (case, Unicode, runs of spaces): rows whose normal form equals an earlier one are exact copies,
+e.g. normalize(row 2) == normalize(row 0): {normalize(EXERCISE_TEXTS[2]) == normalize(EXERCISE_TEXTS[0])}.
+Near copies: Jaccard similarity of the sets of word 3-grams >= 0.8.
+""" + "\n".join(lines) + f"""
+Row 4 changes one word of row 1 ("bytes" -> "characters"): in a 10-word sentence that breaks 3 of the
+8 3-grams, Jaccard {close:.2f}, so it is kept (and it says something different).
+  duplicate rate = {len(result.removed)} / {len(EXERCISE_TEXTS)} = {duplicate_rate(EXERCISE_TEXTS):.2f}
+  (dsnb.data.dedup.duplicate_rate(nb02.EXERCISE_TEXTS))
+"""
 
 
 def check_distinct_2(answer: float | None) -> bool:
@@ -57,10 +98,34 @@ def check_distinct_2(answer: float | None) -> bool:
                              "distinct ones / all of them.")
 
 
+@SOLUTIONS.register(2)
+def _solution_2() -> str:
+    grams = [tuple(w[i : i + 2]) for q in QUERIES for w in [diversity_words(q)] for i in range(len(w) - 1)]
+    return """
+Words: lower-cased, punctuation dropped, so "shutil.copy" is two words:
+""" + "\n".join(f"  {q!r} -> {diversity_words(q)}" for q in QUERIES) + f"""
+Word pairs: {len(grams)} in all; distinct ones: {len(set(grams))} ("how do", "do i" and "a file" repeat).
+  distinct-2 = {len(set(grams))} / {len(grams)} = {distinct_n(QUERIES, 2):.4f}   (dsnb.data.dialogue.distinct_n(QUERIES, 2))
+"""
+
+
 def check_complexity(answer: int | None) -> bool:
     """Exercise 3: radon's cyclomatic complexity of FUNCTION."""
     return check_number("02.3 complexity", answer, complexity(FUNCTION), rel_tol=0.0,
                         hint="1 + one per if, for, while, boolean operator and conditional expression.")
+
+
+@SOLUTIONS.register(3)
+def _solution_3() -> str:
+    return f"""
+Cyclomatic complexity = 1 + one per decision point:
+  if n < 0 and strict      -> +1 (if) +1 (the boolean operator 'and')
+  for d in (2, 3, 5)       -> +1
+  if n % d == 0            -> +1
+  while n > 100            -> +1
+  n if n else None         -> +1 (conditional expression)
+  1 + 6 = {complexity(FUNCTION)}   (dsnb.data.codeprep.complexity, which asks radon) -> in the "> 3" subset.
+"""
 
 
 def duplicate_sample_texts() -> list[str]:
