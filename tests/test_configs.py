@@ -52,3 +52,53 @@ def test_real_recipe_runs_first_steps_on_tiny_stand_in(path, tmp_path, tokenizer
     result = run_sft(small, progress=False)
     assert result.info["steps"] == 2 and result.info["trainable"] > 0
     assert result.info["method"] == cfg.method
+
+
+_DISTRIBUTED_CHECK = '''
+import json, sys
+import transformers, yaml
+from accelerate.utils import DeepSpeedPlugin
+from deepspeed.utils import z3_leaf_module
+from transformers import DeepseekV3ForCausalLM
+from transformers.integrations import is_deepspeed_zero3_enabled
+from dsnb.model.pretrain import tiny_deepseek_config
+from dsnb.train.config import FinetuneConfig
+from dsnb.train.prepare import prepare_model
+
+fsdp_yaml, ds_yaml, tiny, out = sys.argv[1:5]
+base = FinetuneConfig.from_yaml(tiny).replace(output_dir=out, precision="fp32")
+fsdp = yaml.safe_load(open(fsdp_yaml))["fsdp_config"]
+wrap = fsdp["fsdp_transformer_layer_cls_to_wrap"]
+fargs = base.replace(extra_training_arguments={"fsdp": True, "fsdp_config": dict(fsdp)}).training_arguments()
+plugin = DeepSpeedPlugin(**yaml.safe_load(open(ds_yaml))["deepspeed_config"])
+dargs = base.replace(extra_training_arguments={"deepspeed": plugin.deepspeed_config}).training_arguments()
+model = DeepseekV3ForCausalLM(tiny_deepseek_config(vocab_size=256, num_hidden_layers=2))
+model, _ = prepare_model(model, base)
+print(json.dumps({
+    "fsdp": bool(fargs.fsdp), "fsdp_config": fargs.fsdp_config, "wrap_class_exists": wrap in transformers.LlamaForCausalLM._no_split_modules,
+    "zero3": is_deepspeed_zero3_enabled(), "stage": dargs.hf_deepspeed_config.config["zero_optimization"]["stage"],
+    "leaves": sorted({type(m).__name__ for m in model.modules() if z3_leaf_module(m)}),
+}))
+'''
+
+
+def test_fsdp_and_zero3_configs_load_into_training_arguments(tmp_path):
+    """What a CPU can check of the FSDP and ZeRO-3 recipes (accelerate turns FSDP on only on GPUs, and DeepSpeed
+    ZeRO-3 does not train on 2 CPU processes here): both configs load into ``TrainingArguments`` through
+    transformers' own integrations, and under ZeRO-3 ``prepare_model`` marks the MoE block as a leaf module."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    script = tmp_path / "check.py"
+    script.write_text(_DISTRIBUTED_CHECK)  # its own process: ZeRO-3 switches on process-wide state
+    proc = subprocess.run([sys.executable, str(script), str(ROOT / "configs/accelerate/fsdp.yaml"),
+                           str(ROOT / "configs/accelerate/deepspeed_zero3.yaml"), str(ROOT / "configs/sft/tiny.yaml"),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["fsdp"] and r["fsdp_config"]["version"] == 2 and r["wrap_class_exists"]
+    assert r["fsdp_config"]["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP" and r["fsdp_config"]["reshard_after_forward"]
+    assert r["zero3"] and r["stage"] == 3
+    assert r["leaves"] == ["DeepseekV3MoE"]
