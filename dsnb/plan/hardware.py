@@ -352,7 +352,7 @@ def article_hardware_claims(seq_len: int = 2048, lora_rank: int = 16) -> list[di
         "measured": (f"full, minimum: {mn['fp32'] / GiB:.0f} → {mn['mixed'] / GiB:.0f} GiB ({mn['full']:.0%}; "
                      f"weights+grads+optimizer {mn['states']:.0%}, activations {mn['acts']:.0%}); full, realistic: "
                      f"{rl['fp32'] / GiB:.0f} → {rl['mixed'] / GiB:.0f} GiB ({rl['full']:.0%}; weights+grads+optimizer "
-                     f"{rl['states']:+.0%}); pure bf16 {mn['pure']:.0%}; LoRA {mn['lora']:.0%}"),
+                     f"{-rl['states']:.0%} more than fp32); pure bf16 {mn['pure']:.0%}; LoRA {mn['lora']:.0%}"),
         "saving_full": mn["full"], "saving_full_realistic": rl["full"], "saving_pure": mn["pure"],
         "saving_lora": mn["lora"],
         "verdict": "partly: mixed precision keeps 16 bytes per trained parameter (18 as DeepSpeed, Megatron and "
