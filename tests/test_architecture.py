@@ -85,3 +85,23 @@ def test_cache_and_routing_on_dense_architectures(model_type, kind, tokenizer, t
     assert measured_kv_cache_bytes(model, torch.randint(0, 4096, (1, n))) / n == kv["cache bytes per token (all layers)"]
     load = expert_load(model, torch.randint(0, 4096, (1, n)))
     assert load.numel() == 0 and load_imbalance(load).numel() == 0
+
+
+def test_one_expert_count_reader_for_every_family():
+    from transformers import DeepseekV3Config, LlamaConfig, MixtralConfig, Qwen2MoeConfig
+
+    from dsnb.model.experts import num_routed_experts
+
+    assert num_routed_experts(DeepseekV3Config(n_routed_experts=6)) == 6
+    assert num_routed_experts(MixtralConfig(num_local_experts=5)) == 5
+    assert num_routed_experts(Qwen2MoeConfig(num_experts=7)) == 7
+    assert num_routed_experts({"n_routed_experts": 3}) == 3  # a config.json read as a dict
+    assert num_routed_experts(LlamaConfig()) == num_routed_experts({}) == 0
+
+
+def test_estimator_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, dsnb.plan.estimate; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dsnb.model.experts import num_routed_experts
+
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
     if isinstance(config, dict):
@@ -59,7 +61,7 @@ def parameter_breakdown(model: nn.Module) -> list[dict]:
     about 37 B active per token.
     """
     config = getattr(model, "config", None)
-    n_exp = _get(config, "n_routed_experts") or _get(config, "num_experts") or 0
+    n_exp = num_routed_experts(config) if config is not None else 0
     k = _get(config, "num_experts_per_tok") or 0
     totals: OrderedDict[str, int] = OrderedDict()
     for name, p in model.named_parameters():
@@ -153,7 +155,7 @@ def forward_flops(config: Any, seq_len: int, batch: int = 1, attention: str = "m
     dense_layers = min(_get(config, "first_k_dense_replace", 0) or 0, L)
     moe_layers = L - dense_layers
     mlp_dense = 2 * T * 3 * h * _get(config, "intermediate_size") * dense_layers
-    n_exp, k = _get(config, "n_routed_experts") or 0, _get(config, "num_experts_per_tok") or 0
+    n_exp, k = num_routed_experts(config), _get(config, "num_experts_per_tok") or 0
     mi, ns = _get(config, "moe_intermediate_size") or 0, _get(config, "n_shared_experts") or 0
     mlp_moe = 2 * T * (3 * h * mi * (k + ns) + h * n_exp) * moe_layers
     head = 2 * T * h * _get(config, "vocab_size") if include_head else 0
@@ -176,7 +178,7 @@ def expert_load(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch
     counted when ``attention_mask`` is given. Empty (0 rows) for dense models.
     """
     config = model.config
-    n_exp = _get(config, "n_routed_experts") or _get(config, "num_experts")
+    n_exp = num_routed_experts(config)
     counts: list[torch.Tensor] = []
     keep = attention_mask.reshape(-1).bool() if attention_mask is not None else None
 

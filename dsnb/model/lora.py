@@ -24,6 +24,8 @@ from typing import Any
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from dsnb.model.experts import num_routed_experts
+
 logger = logging.getLogger(__name__)
 
 
@@ -83,13 +85,6 @@ def load_lora(model: nn.Module, adapter_dir: str | Path, is_trainable: bool = Fa
         return PeftModel.from_pretrained(model, adapter_dir, is_trainable=is_trainable)
 
 
-def _num_experts(config: Any) -> int | None:
-    for key in ("n_routed_experts", "num_experts", "num_local_experts"):
-        if getattr(config, key, None):
-            return int(getattr(config, key))
-    return None
-
-
 def lora_target_modules(model: nn.Module) -> list[str]:
     """The ``nn.Linear`` module names inside the decoder layers that LoRA should adapt.
 
@@ -101,13 +96,13 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     ``lora_target_parameters``. Apply them with ``dsnb.model.lora.apply_lora``: a plain peft
     ``get_peft_model`` rewrites the MLP names on DeepSeek-V2/V3 (see ``dsnb.model.lora``).
     """
-    n_experts = _num_experts(getattr(model, "config", None))
+    n_experts = num_routed_experts(getattr(model, "config", None))
     names: list[str] = []
     for full, module in model.named_modules():
         if not isinstance(module, nn.Linear) or ".layers." not in f".{full}.":
             continue
         leaf = full.rsplit(".", 1)[-1]
-        if n_experts is not None and module.out_features == n_experts and "gate" in leaf:
+        if n_experts and module.out_features == n_experts and "gate" in leaf:
             continue  # an MoE router implemented as a Linear (e.g. Mixtral, Qwen-MoE)
         if leaf not in names:
             names.append(leaf)

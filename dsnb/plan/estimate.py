@@ -79,6 +79,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dsnb.model.experts import num_routed_experts
+
 logger = logging.getLogger(__name__)
 
 
@@ -228,7 +230,7 @@ class ModelShape:
             raise ValueError(f"the model config lacks {missing}; pass a transformers config, a config.json "
                              "dict, or use ModelShape.from_parameters(n, hidden_size=..., num_layers=..., ...)")
         heads = _get(config, "num_attention_heads")
-        n_exp = _get(config, "n_routed_experts") or _get(config, "num_local_experts") or 0
+        n_exp = num_routed_experts(config)
         moe_inter = _get(config, "moe_intermediate_size") or 0
         return cls(
             name=name or _get(config, "name_or_path") or _get(config, "_name_or_path") or _get(config, "model_type", "model"),

@@ -1,0 +1,23 @@
+"""How many routed experts a model config declares: one reader for every family's spelling.
+
+DeepSeek configs say ``n_routed_experts``, Mixtral ``num_local_experts``, Qwen-MoE ``num_experts``;
+dense models say none of them (0). Torch-free, so the memory estimator (``dsnb.plan.estimate``) reads
+it too. Used by notebooks 00 and 01 (through the estimator and ``dsnb.model.architecture``) and by
+LoRA target discovery (``dsnb.model.lora``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Config keys for the routed-expert count, in the order they are tried.
+EXPERT_COUNT_KEYS = ("n_routed_experts", "num_local_experts", "num_experts")
+
+
+def num_routed_experts(config: Any) -> int:
+    """Routed experts per MoE layer in ``config`` (a transformers config or a config.json dict); 0 if dense."""
+    for key in EXPERT_COUNT_KEYS:
+        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+        if value:
+            return int(value)
+    return 0
