@@ -9,12 +9,13 @@ STAMP := $(VENV)/.dsnb-installed
 
 .PHONY: setup base-model course test lint lab clean-cache
 
-$(STAMP): pyproject.toml scripts/install_torch.sh
+$(STAMP): pyproject.toml constraints.txt scripts/install_torch.sh
 	@test -n "$(PYTHON)" || { echo 'Need Python 3.11 or 3.12 (python3.11 / python3.12 on PATH, or PYTHON=/path/to/python).'; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	scripts/install_torch.sh $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	@# the tested versions (constraints.txt; scripts/update_constraints.sh rewrites it) of everything, extras included
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 

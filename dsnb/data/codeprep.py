@@ -18,8 +18,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radon.complexity import cc_rank
-from radon.visitors import ComplexityVisitor
+from dsnb.data import missing_extra
+
+try:
+    from radon.complexity import cc_rank
+    from radon.visitors import ComplexityVisitor
+except ModuleNotFoundError as exc:  # dsnb's 'data' extra
+    raise missing_extra(exc) from exc
 
 logger = logging.getLogger(__name__)
 

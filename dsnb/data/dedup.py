@@ -22,7 +22,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
+
+from dsnb.data import missing_extra
+
+try:
+    from datasketch import MinHash, MinHashLSH
+except ModuleNotFoundError as exc:  # dsnb's 'data' extra
+    raise missing_extra(exc) from exc
 
 logger = logging.getLogger(__name__)
 

@@ -30,10 +30,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from nltk.classify import NaiveBayesClassifier
-from nltk.classify import accuracy as nltk_accuracy
-
+from dsnb.data import missing_extra
 from dsnb.data.corpus import InstructionPair
+
+try:
+    from nltk.classify import NaiveBayesClassifier
+    from nltk.classify import accuracy as nltk_accuracy
+except ModuleNotFoundError as exc:  # dsnb's 'data' extra
+    raise missing_extra(exc) from exc
 
 logger = logging.getLogger(__name__)
 

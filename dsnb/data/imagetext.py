@@ -20,7 +20,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from dsnb.data import missing_extra
+
+try:
+    from PIL import Image, ImageDraw, ImageFont
+except ModuleNotFoundError as exc:  # dsnb's 'data' extra
+    raise missing_extra(exc) from exc
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +89,12 @@ def render_snippet(text: str, *, font_size: int = 20, margin: int = 16, scale: f
 
 def ocr(image: Image.Image, *, psm: int = 6) -> str:
     """Text read from ``image`` by Tesseract (``--psm 6``: one uniform block of text)."""
+    try:
+        import pytesseract
+    except ModuleNotFoundError as exc:  # dsnb's 'data' extra
+        raise missing_extra(exc) from exc
     if not tesseract_available():
         raise TesseractMissing(TESSERACT_HELP)
-    import pytesseract
 
     return pytesseract.image_to_string(image, config=f"--psm {psm}")
 
@@ -118,7 +126,10 @@ def cer(reference: str, hypothesis: str) -> float:
 
     0 is a perfect read; it can exceed 1 when the hypothesis has much extra text.
     """
-    from nltk.metrics.distance import edit_distance
+    try:
+        from nltk.metrics.distance import edit_distance
+    except ModuleNotFoundError as exc:  # dsnb's 'data' extra
+        raise missing_extra(exc) from exc
 
     ref, hyp = normalize_ws(reference), normalize_ws(hypothesis)
     if not ref:

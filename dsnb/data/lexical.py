@@ -19,7 +19,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-from nltk.tokenize import RegexpTokenizer
+
+from dsnb.data import missing_extra
+
+try:
+    from nltk.tokenize import RegexpTokenizer
+except ModuleNotFoundError as exc:  # dsnb's 'data' extra
+    raise missing_extra(exc) from exc
 
 TOKEN_PATTERN = r"[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*|\d+(?:\.\d+)*|\S"
 _TOKENIZER = RegexpTokenizer(TOKEN_PATTERN)
