@@ -38,6 +38,7 @@ from dsnb.cache import atomic_directory, build_lock, cache_dir, write_json_atomi
 from dsnb.data.corpus import Corpus, course_corpus, unigram_entropy
 from dsnb.model.architecture import expert_load
 from dsnb.model.routing import ExpertBiasBalancer, load_imbalance
+from dsnb.model.scoring import greedy_generate, token_stats
 from dsnb.model.tokenizer import save_tokenizer, train_tokenizer
 from dsnb.progress import LineProgress
 
@@ -172,38 +173,26 @@ def _training_args(output_dir: str, cfg: PretrainConfig) -> TrainingArguments:
     )
 
 
-@torch.no_grad()
 def heldout_loss(model: PreTrainedModel, blocks: torch.Tensor, batch_size: int = 16) -> float:
-    """Mean next-token cross-entropy (nats) of ``model`` over ``blocks``."""
+    """Mean next-token cross-entropy (nats) of ``model`` over ``blocks`` (``dsnb.model.scoring.token_stats``)."""
     model.eval()
     total, count = 0.0, 0
     device = next(model.parameters()).device
     for i in range(0, blocks.shape[0], batch_size):
         x = blocks[i : i + batch_size].to(device)
-        out = model(input_ids=x, labels=x)
-        n = x[:, 1:].numel()
-        total += out.loss.item() * n
-        count += n
+        stats = token_stats(model, x, x)
+        total += stats["nll"].sum().item()
+        count += int(stats["tokens"].sum())
     return total / count
 
 
-@torch.no_grad()
 def greedy_samples(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int = 40
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (prompt included), for a look at what the model learned."""
-    model.eval()
-    device = next(model.parameters()).device
-    outs = []
-    for prompt in prompts:
-        ids = [tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
-        x = torch.tensor([ids], device=device)
-        y = model.generate(
-            x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        outs.append(tokenizer.decode(y[0, 1:], skip_special_tokens=True))
-    return outs
+    ids = [[tokenizer.bos_token_id, *tokenizer(p, add_special_tokens=False)["input_ids"]] for p in prompts]
+    new = greedy_generate(model, tokenizer, ids, max_new_tokens, batch_size=1)  # one at a time: no padding
+    return [tokenizer.decode(p[1:] + n, skip_special_tokens=True) for p, n in zip(ids, new, strict=True)]
 
 
 SAMPLE_PROMPTS = ["import os\n", "def __init__(self", "class ", "    for i in range("]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from dsnb.model.scoring import greedy_generate, token_stats
 from dsnb.train.chat import SFTData, data_collator, prompt_ids
 
 
@@ -44,16 +45,9 @@ def answer_token_stats(
     for i in range(0, len(data.examples), batch_size):
         batch = collate([dict(e) for e in data.examples[i:i + batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        logits, labels = logits[:, :-1], batch["labels"][:, 1:]
-        mask = labels != -100
-        ce = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), labels.clamp(min=0), reduction="none"
-        ) * mask
-        correct = (logits.argmax(-1) == labels) & mask
-        for row in range(labels.shape[0]):
-            out.append({"nll": ce[row].sum().item(), "correct": correct[row].sum().item(),
-                        "tokens": mask[row].sum().item()})
+        stats = token_stats(model, batch["input_ids"], batch["labels"], batch["attention_mask"])
+        for nll, correct, tokens in zip(*(stats[k].tolist() for k in ("nll", "correct", "tokens")), strict=True):
+            out.append({"nll": nll, "correct": correct, "tokens": tokens})
     return out
 
 
@@ -76,19 +70,9 @@ def generate_answers(
     batch_size: int = 32,
 ) -> list[str]:
     """Greedy answers to each conversation's prompt (its last, assistant, message is left out)."""
-    model.eval()
-    device = _device(model)
-    pad = tokenizer.pad_token_id
-    answers: list[str] = []
-    for i in range(0, len(conversations), batch_size):
-        prompts = [prompt_ids(c, tokenizer) for c in conversations[i:i + batch_size]]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # left padding
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        answers += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-    return answers
+    prompts = [prompt_ids(c, tokenizer) for c in conversations]
+    new = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+    return tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
 def exact_match(prediction: str, reference: str) -> bool:
