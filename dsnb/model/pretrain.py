@@ -37,6 +37,7 @@ from transformers import (
 from dsnb.cache import atomic_directory, build_lock, cache_dir, write_json_atomic
 from dsnb.data.corpus import Corpus, course_corpus, unigram_entropy
 from dsnb.model.architecture import expert_load
+from dsnb.model.arguments import course_training_arguments
 from dsnb.model.routing import ExpertBiasBalancer, load_imbalance
 from dsnb.model.scoring import greedy_generate, token_stats
 from dsnb.model.tokenizer import save_tokenizer, train_tokenizer
@@ -149,7 +150,7 @@ def _shuffled(blocks: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def _training_args(output_dir: str, cfg: PretrainConfig) -> TrainingArguments:
-    return TrainingArguments(
+    return course_training_arguments(
         output_dir=output_dir,
         max_steps=cfg.steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -164,12 +165,8 @@ def _training_args(output_dir: str, cfg: PretrainConfig) -> TrainingArguments:
         eval_strategy="steps",
         eval_steps=cfg.eval_every,
         save_strategy="no",
-        report_to="none",
         seed=cfg.seed,
         data_seed=cfg.seed,
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
     )
 
 

@@ -23,6 +23,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from dsnb.model.arguments import course_training_arguments
 from dsnb.train.schedules import scaled_warmup_steps, schedule_arguments
 from dsnb.values import parse_value
 
@@ -195,9 +196,6 @@ class FinetuneConfig:
             seed=self.seed,
             data_seed=self.seed,
             report_to=self.report_to,
-            disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available(),
-            dataloader_num_workers=0,
             ddp_find_unused_parameters=False,
             **schedule_arguments(warmup, self.min_learning_rate),
         )
@@ -208,7 +206,7 @@ class FinetuneConfig:
             if self.save_steps:
                 values.update(load_best_model_at_end=True, save_steps=self.eval_steps)
         values.update(self.extra_training_arguments)
-        return TrainingArguments(**values)
+        return course_training_arguments(TrainingArguments, **values)
 
 
 def launch_state() -> PartialState:
