@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ns = parser.parse_args(argv)
     logging.basicConfig(level=ns.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(ns.config, parse_overrides(ns.overrides))
-    result = run_sft(cfg, resume_from=ns.resume)
+    if cfg.stage == "dpo":  # preference tuning (notebook 06)
+        from dsnb.train.dpo import run_dpo
+
+        result = run_dpo(cfg, resume_from=ns.resume)
+    else:
+        result = run_sft(cfg, resume_from=ns.resume)
     losses = result.train_losses[1]
     results = {
         "config": cfg.to_dict(),

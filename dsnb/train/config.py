@@ -39,6 +39,12 @@ DEFAULT_TASKS = ("summary", "next_line")
 METHODS = ("full", "lora")
 
 
+STAGES = ("sft", "dpo")
+
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo")
+
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -104,6 +110,10 @@ class FinetuneConfig:
     seed: int = 0
     report_to: str = "none"
     extra_training_arguments: dict[str, Any] = field(default_factory=dict)
+    # preference tuning (notebook 06): stage "dpo" trains on (prompt, chosen, rejected) pairs
+    stage: str = "sft"  # "sft" (dsnb.train.sft) or "dpo" (dsnb.train.dpo); python -m dsnb.train dispatches on it
+    beta: float = 0.1  # DPO's β: how far the policy may move from the reference
+    dpo_loss_type: str = "sigmoid"  # "sigmoid" (DPO) or "ipo"
 
     def __post_init__(self) -> None:
         self.tasks = _as_tasks(self.tasks)
@@ -119,6 +129,11 @@ class FinetuneConfig:
             raise ConfigError(f"method={self.method!r}: use one of {METHODS}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision={self.precision!r}: use one of {PRECISIONS}")
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage={self.stage!r}: use one of {STAGES}")
+        if self.dpo_loss_type not in DPO_LOSS_TYPES or not self.beta > 0:
+            raise ConfigError(f"dpo_loss_type={self.dpo_loss_type!r}, beta={self.beta}: use one of {DPO_LOSS_TYPES} "
+                              "and a positive beta (0.1 is the usual start)")
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise ConfigError(f"tasks={self.tasks!r}: choose one or more of {TASKS}")
@@ -167,8 +182,13 @@ class FinetuneConfig:
             return self.gradient_accumulation_steps
         return plan_batch(self.global_batch_size, self.per_device_batch_size, processes)
 
-    def training_arguments(self, processes: int | None = None) -> TrainingArguments:
-        """The ``TrainingArguments`` this config stands for (one field each, plus the schedule)."""
+    def training_arguments(
+        self, processes: int | None = None, args_class: type[TrainingArguments] = TrainingArguments, **extra: Any
+    ) -> TrainingArguments:
+        """The ``TrainingArguments`` this config stands for (one field each, plus the schedule).
+
+        ``args_class`` builds a subclass instead (e.g. TRL's ``DPOConfig``), with ``extra`` fields set.
+        """
         processes = processes or launch_state().num_processes
         precision = resolve_precision(self.precision)
         warmup = self.warmup_steps if self.warmup_steps is not None else scaled_warmup_steps(self.max_steps)
@@ -205,8 +225,9 @@ class FinetuneConfig:
             values.update(metric_for_best_model="eval_loss", greater_is_better=False)
             if self.save_steps:
                 values.update(load_best_model_at_end=True, save_steps=self.eval_steps)
+        values.update(extra)
         values.update(self.extra_training_arguments)
-        return course_training_arguments(TrainingArguments, **values)
+        return course_training_arguments(args_class, **values)
 
 
 def launch_state() -> PartialState:
