@@ -1,8 +1,10 @@
-"""Notebook 08's exercise checks accept right answers and reject wrong ones."""
+"""Notebook 08's exercise checks accept right answers and reject wrong ones, including the saving the
+notebook measures on its tiny model."""
 
 from __future__ import annotations
 
 from dsnb.exercises import nb08
+from dsnb.plan.estimate import TrainingPlan, estimate_training_memory
 
 
 def test_qk_savings():
@@ -15,5 +17,17 @@ def test_qk_savings():
 
 
 def test_checkpointing_saving():
-    assert nb08.check_checkpointing_saving(0.6, 100.0, 40.0)
-    assert not nb08.check_checkpointing_saving(0.4, 100.0, 40.0)
+    plan = TrainingPlan(seq_len=4096)
+    a = estimate_training_memory("deepseek-coder-6.7b-base", plan).activations
+    b = estimate_training_memory("deepseek-coder-6.7b-base", plan, gradient_checkpointing=True).activations
+    assert 0 < b < a
+    assert nb08.check_checkpointing_saving(1 - b / a)
+    assert not nb08.check_checkpointing_saving(b / a)  # the share kept, not saved
+    assert not nb08.check_checkpointing_saving(0.5)
+
+
+def test_solutions(capsys):
+    nb08.solution(1)
+    nb08.solution(2)
+    out = capsys.readouterr().out
+    assert "503,316,480" in out and f"{nb08.expected_checkpointing_saving():.1%}" in out
