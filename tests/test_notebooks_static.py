@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ast
+import functools
+import importlib
+import inspect
+import pkgutil
 import re
 from pathlib import Path
 
@@ -63,19 +67,79 @@ def test_cells_are_short(nb):
         assert n <= MAX_CELL_LINES, f"a code cell has {n} lines; move the logic into dsnb:\n{cell.source}"
 
 
-def test_no_redefinition_of_dsnb_functions(nb):
-    public = set()
-    import importlib
-    import pkgutil
-
+@functools.cache
+def _dsnb_public() -> dict[str, object]:
+    """Every public name defined in a dsnb module, mapped to the object (for its source)."""
+    public: dict[str, object] = {}
     for mod in pkgutil.walk_packages(dsnb.__path__, "dsnb."):
         if mod.name.endswith("__main__"):
             continue
-        public |= {n for n in dir(importlib.import_module(mod.name)) if not n.startswith("_")}
-    for cell in _code_cells(nb):
+        module = importlib.import_module(mod.name)
+        for n in dir(module):
+            if not n.startswith("_"):
+                public.setdefault(n, getattr(module, n))
+    return public
+
+
+def _asserts_mentioning(name: str, cell) -> bool:
+    """Does ``cell`` hold an ``assert`` that uses ``name``?"""
+    for node in ast.walk(ast.parse(_python_source(cell))):
+        if isinstance(node, ast.Assert) and any(
+                isinstance(n, ast.Name) and n.id == name or isinstance(n, ast.Attribute) and n.attr == name
+                for n in ast.walk(node)):
+            return True
+    return False
+
+
+def test_redefinitions_are_checked_against_dsnb(nb):
+    """A notebook may write a dsnb function from scratch (that is teaching) only if the next code cell
+    asserts that the hand-written one equals the package's or the library's result."""
+    public = _dsnb_public()
+    cells = _code_cells(nb)
+    for i, cell in enumerate(cells):
         for node in ast.walk(ast.parse(_python_source(cell))):
-            if isinstance(node, ast.FunctionDef | ast.ClassDef):
-                assert node.name not in public, f"notebook redefines dsnb's {node.name}; import it instead"
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name in public:
+                following = cells[i + 1] if i + 1 < len(cells) else None
+                assert following is not None and _asserts_mentioning(node.name, following), (
+                    f"the notebook re-implements dsnb's {node.name}: the next code cell must assert it equals "
+                    "the package's (or the library's) result, or import it instead")
+
+
+def test_no_widget_state(nb):
+    assert "widgets" not in nb.metadata, "notebook metadata carries widget state: strip it (progress as text lines)"
+    for cell in _code_cells(nb):
+        for out in cell.get("outputs", []):
+            assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {}), (
+                f"a progress widget in the outputs of:\n{cell.source}\nturn progress bars off "
+                "(transformers.utils.logging.disable_progress_bar) and print text lines")
+
+
+_LABELS = {"title": r"title\s*=|set_title\(|\.title\(|suptitle\(",
+           "x label": r"xlabel\s*=|set_xlabel\(|\.xlabel\(", "y label": r"ylabel\s*=|set_ylabel\(|\.ylabel\("}
+
+
+def _called_dsnb_sources(cell) -> str:
+    """Source of every dsnb function the cell calls (a plotting helper may set the labels itself)."""
+    public, out = _dsnb_public(), []
+    for node in ast.walk(ast.parse(_python_source(cell))):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            obj = public.get(name)
+            if inspect.isfunction(obj) and obj.__module__.startswith("dsnb"):
+                out.append(inspect.getsource(obj))
+    return "\n".join(out)
+
+
+def test_every_figure_has_a_title_and_axis_labels(nb):
+    """A cell whose output is a figure sets a title and both axis labels (itself or in the dsnb helper it
+    calls); a picture shown with its axes off (an image, not a chart) needs only a title."""
+    for cell in _code_cells(nb):
+        if not any("image/png" in out.get("data", {}) for out in cell.get("outputs", [])):
+            continue
+        text = cell.source + "\n" + _called_dsnb_sources(cell)
+        needed = ["title"] if re.search(r"axis\(\s*[\"']off", cell.source) else list(_LABELS)
+        missing = [k for k in needed if not re.search(_LABELS[k], text)]
+        assert not missing, f"a figure without its {', '.join(missing)} (with units):\n{cell.source}"
 
 
 def test_executed_in_order(nb):
@@ -99,3 +163,28 @@ def test_required_sections(nb):
 def test_notebook_size():
     for path in NOTEBOOKS:
         assert path.stat().st_size < MAX_NOTEBOOK_BYTES, f"{path.name} is large: keep outputs small"
+
+
+def _notebook(*cells):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = list(cells)
+    return nb
+
+
+def test_the_new_rules_fail_when_they_should():
+    from nbformat.v4 import new_code_cell, new_output
+
+    by_hand = new_code_cell("def distinct_n(texts, n):\n    return 0.0")
+    check = new_code_cell("assert distinct_n(['a b'], 1) == dialogue.distinct_n(['a b'], 1)")
+    test_redefinitions_are_checked_against_dsnb(_notebook(by_hand, check))
+    with pytest.raises(AssertionError, match="re-implements dsnb's distinct_n"):
+        test_redefinitions_are_checked_against_dsnb(_notebook(by_hand, new_code_cell("print(distinct_n([], 1))")))
+    png = new_output("display_data", data={"image/png": "", "text/plain": "<Figure>"})
+    labelled = new_code_cell("ax.plot(x)\nax.set(title='t', xlabel='step', ylabel='loss (nats)')", outputs=[png])
+    test_every_figure_has_a_title_and_axis_labels(_notebook(labelled))
+    with pytest.raises(AssertionError, match="y label"):
+        test_every_figure_has_a_title_and_axis_labels(
+            _notebook(new_code_cell("ax.plot(x)\nax.set(title='t', xlabel='step')", outputs=[png])))
+    widget = new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {}, "text/plain": ""})
+    with pytest.raises(AssertionError, match="widget"):
+        test_no_widget_state(_notebook(new_code_cell("load()", outputs=[widget])))
