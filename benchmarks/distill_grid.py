@@ -13,7 +13,6 @@ notebook's time budget; this script regenerates it).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -61,27 +60,18 @@ def main(argv: list[str] | None = None) -> int:
                                       logging_steps=max(1, args.student_steps // 10))
     settings = [(0.0, 1.0)] + [(w, t) for w in args.kl_weights for t in args.temperatures]
     student0, counts = distill.shrink_model(base, args.layers, args.experts)
-    rows = distill.distil_students(student_cfg, teacher.model, base, tokenizer, test, settings, args.seeds,
-                                   args.layers, args.experts, train_data=teacher.train)
-    result = {
-        "what": "held-out answer loss / token accuracy of students trained with CombinedLoss(1-w, w, T); w=0 is CE alone",
-        "command": "python benchmarks/distill_grid.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "teacher_steps": args.teacher_steps, "student_steps": args.student_steps, "seeds": args.seeds,
-        "student_layers": args.layers, "student_experts": args.experts, "test_examples": len(test),
-        "parameters": {"teacher": sum(p.numel() for p in base.parameters()),
-                       "student": sum(p.numel() for p in student0.parameters())},
-        "student_init": counts,
-        "reference": {"base": evaluation.completion_loss(base, tokenizer, test),
-                      "teacher": evaluation.completion_loss(teacher.model, tokenizer, test),
-                      "student before training": evaluation.completion_loss(student0, tokenizer, test)},
-        "rows": rows,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
-        "seconds": time.perf_counter() - t0,
-    }
-    write_json_atomic(args.out, result)
-    print(f"teacher {result['reference']['teacher']['loss']:.3f}, base {result['reference']['base']['loss']:.3f}, "
-          f"untrained student {result['reference']['student before training']['loss']:.3f} (answer loss, nats)")
+    reference = {"base": evaluation.completion_loss(base, tokenizer, test),
+                 "teacher": evaluation.completion_loss(teacher.model, tokenizer, test),
+                 "student before training": evaluation.completion_loss(student0, tokenizer, test)}
+    rows: list[dict] = []
+    for seed in args.seeds:  # saved after every seed, so an interrupted run keeps what it finished
+        rows += distill.distil_students(student_cfg, teacher.model, base, tokenizer, test, settings, [seed],
+                                        args.layers, args.experts, train_data=teacher.train)
+        result = _result(args, argv, rows, test, base, student0, counts, reference, t0)
+        write_json_atomic(args.out, result)
+        print(f"seed {seed} done ({result['seconds']:.0f} s)", flush=True)
+    print(f"teacher {reference['teacher']['loss']:.3f}, base {reference['base']['loss']:.3f}, "
+          f"untrained student {reference['student before training']['loss']:.3f} (answer loss, nats)")
     print(f"{'kl_weight':>9s} {'T':>4s} {'loss mean':>10s} {'± std':>7s} {'acc mean':>9s} {'± std':>7s}")
     for w, t in settings:
         sel = [r for r in rows if r["kl_weight"] == w and r["temperature"] == t]
@@ -90,6 +80,27 @@ def main(argv: list[str] | None = None) -> int:
               f"{statistics.mean(acc):>9.4f} {_sd(acc):>7.4f}")
     print(f"saved {args.out} ({result['seconds']:.0f} s)")
     return 0
+
+
+def _result(args, argv, rows, test, base, student0, counts, reference, t0) -> dict:
+    import platform
+
+    import torch
+
+    return {
+        "what": "held-out answer loss / token accuracy of students trained with CombinedLoss(1-w, w, T); w=0 is CE alone",
+        "command": "python benchmarks/distill_grid.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "teacher_steps": args.teacher_steps, "student_steps": args.student_steps, "seeds": sorted({r["seed"] for r in rows}),
+        "student_layers": args.layers, "student_experts": args.experts, "test_examples": len(test),
+        "parameters": {"teacher": sum(p.numel() for p in base.parameters()),
+                       "student": sum(p.numel() for p in student0.parameters())},
+        "student_init": counts,
+        "reference": reference,
+        "rows": rows,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()},
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 if __name__ == "__main__":
