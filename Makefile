@@ -25,7 +25,7 @@ setup: $(STAMP)
 # The course's base model (built once, about 3 minutes on 2 cores, then cached): built here so
 # its progress shows in the terminal rather than inside a test or a notebook.
 base-model: setup
-	$(BIN)/python -c "from dsnb.model.pretrain import base_model_path; print(base_model_path())"
+	scripts/build_base_model.sh $(BIN)/python
 
 course: base-model
 	$(BIN)/python -m dsnb.course notebooks
