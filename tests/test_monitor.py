@@ -71,7 +71,7 @@ def test_imbalance_figures():
 def test_event_files_read_back_with_tensorboard(tmp_path):
     model = tiny_model()
     log_dir = tmp_path / "tb"
-    mon = TrainingMonitor(model, log_dir, histogram_every=3, activation_every=2, moe_every=3, grad_band=(0.7, 1.3))
+    mon = TrainingMonitor(model, log_dir, grad_every=2, histogram_every=3, activation_every=2, moe_every=3, grad_band=(0.7, 1.3))
     train(model, mon, tmp_path, steps=6)
     ea = read(log_dir)
     tags = ea.Tags()
@@ -82,6 +82,7 @@ def test_event_files_read_back_with_tensorboard(tmp_path):
         assert tag in tags["scalars"], tag
     assert [e.step for e in ea.Scalars("loss")] == [1, 2, 3, 4, 5, 6]
     assert [e.step for e in ea.Scalars("activation/layer_00/std")] == [2, 4, 6]
+    assert [e.step for e in ea.Scalars("grad_norm/layer_01")] == [2, 4, 6]
     assert {"weights/layer_01", "grads/layer_01", "weights/embed"} <= set(tags["histograms"])
     assert [e.step for e in ea.Histograms("grads/layer_01")] == [3, 6]
     # what the reader returns is what the monitor recorded
