@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/install_torch.sh
 setup: $(STAMP)
 	scripts/install_apt.sh
 
-# The course's base model (built once, about 3 minutes on 2 cores, then cached): built here so
+# The course's base model (built once, about 4.5 CPU-minutes: 3-4 minutes on 2 idle cores, then cached): built here so
 # its progress shows in the terminal rather than inside a test or a notebook.
 base-model: setup
 	scripts/build_base_model.sh $(BIN)/python

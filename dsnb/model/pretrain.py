@@ -98,7 +98,7 @@ def tiny_deepseek_config(**overrides: Any) -> DeepseekV3Config:
 
 @dataclass
 class PretrainConfig:
-    """How the base model is pretrained. The defaults build in about 2-3 minutes on 2 CPU cores."""
+    """How the base model is pretrained. The defaults take about 4.5 CPU-minutes (3-4 minutes on 2 idle cores)."""
 
     vocab_size: int = 4096
     seq_len: int = 128
@@ -293,7 +293,7 @@ def base_model_path(rebuild: bool = False, cfg: PretrainConfig | None = None, co
             if have == want:
                 return path
             logger.warning("cached base model at %s was built from %s; rebuilding for %s", path, have, want)
-        print(f"Building the course base model in {path} (about 3 minutes on 2 cores, once)...", flush=True)
+        print(f"Building the course base model in {path} (about 3-4 minutes on 2 idle cores, once)...", flush=True)
         with atomic_directory(path) as tmp:
             pretrain(tmp, corpus, cfg)
     return path
