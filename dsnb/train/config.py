@@ -288,6 +288,7 @@ def resolve_precision(precision: str = "auto") -> str:
         raise ConfigError("this GPU has no bf16 support; use precision='fp16' (with loss scaling) or 'fp32'")
     return precision
 
+
 def _as_tasks(tasks: Any) -> tuple[str, ...]:
     """``tasks`` as a tuple; a bare string (``tasks: summary``) is refused rather than split into letters."""
     if isinstance(tasks, str) or not isinstance(tasks, list | tuple):
