@@ -42,17 +42,10 @@ def _sd(values: list[float]) -> float:
 
 
 def augmented_examples(train, tokenizer, method: str, wordnet=None) -> list[dict]:
-    """The training examples plus one augmented copy of every summary example (answer text augmented)."""
-    from dsnb.data.augment import augment_texts
-    from dsnb.train.chat import tokenize_chat
+    """The training examples plus one augmented copy of every summary example (``dsnb.train.chat.augment_data``)."""
+    from dsnb.train.chat import augment_data
 
-    rows = [(m, t) for m, t in zip(train.messages, train.tasks, strict=True) if t == "summary"]
-    answers = augment_texts([m[-1]["content"] for m, _ in rows], method, seed=0, wordnet=wordnet)
-    extra = []
-    for (messages, _), answer in zip(rows, answers, strict=True):
-        if answer != messages[-1]["content"]:
-            extra.append(tokenize_chat([*messages[:-1], {"role": "assistant", "content": answer}], tokenizer))
-    return list(train.examples) + extra
+    return augment_data(train, tokenizer, method, seed=0, wordnet=wordnet).examples
 
 
 def main(argv: list[str] | None = None) -> int:

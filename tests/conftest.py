@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def base_dir():
-    """Directory of the pretrained course base model (built on first use, about 3 minutes)."""
+    """Directory of the pretrained course base model (built on first use: about 4.5 minutes of CPU time, `make base-model` builds it up front)."""
     from dsnb.model.pretrain import base_model_path
 
     return base_model_path()

@@ -116,3 +116,53 @@ def test_back_translation_through_two_local_models(tmp_path):
         load_translator(tmp_path / "missing")
     with pytest.raises(ValueError, match="different number"):
         back_translate(texts, fwd, lambda xs: xs[:1])
+
+
+def _pairs_data(tokenizer, cfg):
+    from dsnb.data.corpus import course_corpus
+    from dsnb.train.chat import load_sft_data
+
+    return load_sft_data(cfg, tokenizer, course_corpus())
+
+
+def test_augment_from_the_config_adds_tagged_copies_of_summary_answers(tokenizer):
+    from dsnb.train.config import FinetuneConfig
+
+    base_cfg = FinetuneConfig(tasks=("summary",), train_examples=40, eval_examples=8)
+    plain, _ = _pairs_data(tokenizer, base_cfg)
+    aug, val = _pairs_data(tokenizer, base_cfg.replace(augment="deletion", augment_rate=0.3))
+    added = [i for i, t in enumerate(aug.tasks) if t == "summary+deletion"]
+    assert aug.examples[:len(plain)] == plain.examples and len(aug) == len(plain) + len(added)
+    assert 0 < len(added) <= len(plain) and len(val) == 8  # evaluation data is never augmented
+    for i in added:
+        answer, prompt = aug.messages[i][-1]["content"], aug.messages[i][:-1]
+        original = next(m for m in plain.messages if m[:-1] == prompt)[-1]["content"]
+        assert answer != original and set(answer.split()) <= set(original.split())  # deletion only removes words
+    again, _ = _pairs_data(tokenizer, base_cfg.replace(augment="deletion", augment_rate=0.3))
+    assert again.examples == aug.examples  # deterministic under the config's seed
+
+
+def test_augment_config_is_checked_and_synonyms_skip_without_wordnet(tokenizer, monkeypatch, caplog):
+    from dsnb.data import augment
+    from dsnb.train.config import ConfigError, FinetuneConfig
+
+    with pytest.raises(ConfigError, match="augment='backtranslate'"):
+        FinetuneConfig(augment="backtranslate")
+
+    def missing():
+        raise WordNetUnavailable("no WordNet here")
+
+    monkeypatch.setattr(augment, "wordnet_reader", missing)
+    cfg = FinetuneConfig(tasks=("summary",), train_examples=12, eval_examples=4)
+    plain, _ = _pairs_data(tokenizer, cfg)
+    with caplog.at_level("WARNING", logger="dsnb.train.chat"):
+        skipped, _ = _pairs_data(tokenizer, cfg.replace(augment="synonym"))
+    assert skipped.examples == plain.examples and "augment='synonym' skipped" in caplog.text
+
+
+def test_rest_double_backtick_spans_stay_whole():
+    text = "Read data from the stream until ``separator`` is found (``b'\\n'`` by default)."
+    assert "``separator``" in split_words(text) and "(``b'\\n'``" in split_words(text)
+    for seed in range(20):
+        out = random_deletion(text, 0.5, seed)
+        assert "``separator``" in out and "``b'\\n'``" in out  # a code span is never split or respaced

@@ -58,7 +58,7 @@ _POS_CODE = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 INSTALL_HINT = ("install Debian's WordNet packages: `sudo apt-get install wordnet-base wordnet-sense-index` "
                 "(the course's setup does it from apt-packages.txt)")
 
-_TOKEN = re.compile(r"`[^`]*`|\S+")
+_TOKEN = re.compile(r"\S*?(`+)[^`]*?\1\S*|\S+")  # a code span (`x` or reST's ``x``) with its punctuation
 _PLAIN_WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)?")
 _EDGE_PUNCT = "\"'([{<.,;:!?)]}>"
 
@@ -128,7 +128,7 @@ def _rng(text: str, seed: int) -> random.Random:
 
 def split_words(text: str) -> list[str]:
     """Whitespace-separated words, with a backtick code span kept as one item (spaces inside it too)."""
-    return _TOKEN.findall(text)
+    return [m.group(0) for m in _TOKEN.finditer(text)]
 
 
 def _core(word: str) -> tuple[str, str, str]:

@@ -240,10 +240,37 @@ def load_split(cfg: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, split: s
                           dialogues)
 
 
+def augment_data(data: SFTData, tokenizer: PreTrainedTokenizerBase, method: str, seed: int = 0,
+                 rate: float = 0.15, wordnet: Any = None) -> SFTData:
+    """``data`` plus one augmented copy of every ``summary`` example whose answer ``method`` changes (notebook 05).
+
+    ``method`` is one of ``dsnb.data.augment.METHODS``; code spans, identifiers and numbers are never touched.
+    ``synonym`` needs WordNet (Debian's ``wordnet-base``): without it a warning says so and ``data`` comes
+    back unchanged. The copies are tagged ``"summary+<method>"`` in ``tasks``.
+    """
+    from dsnb.data.augment import WordNetUnavailable, augment_texts, wordnet_reader
+
+    if method == "synonym" and wordnet is None:
+        try:
+            wordnet = wordnet_reader()
+        except WordNetUnavailable as exc:
+            logger.warning("augment='synonym' skipped: %s", exc)
+            return data
+    rows = [(m, t) for m, t in zip(data.messages, data.tasks, strict=True) if t == "summary"]
+    answers = augment_texts([m[-1]["content"] for m, _ in rows], method, seed=seed, wordnet=wordnet, p=rate)
+    extra = [([*m[:-1], {"role": "assistant", "content": a}]) for (m, _), a in zip(rows, answers, strict=True)
+             if a != m[-1]["content"]]
+    logger.info("augment=%r added %d of %d summary answers", method, len(extra), len(rows))
+    return SFTData(data.split, [*data.examples, *(tokenize_chat(m, tokenizer) for m in extra)],
+                   [*data.messages, *extra], [*data.tasks, *[f"summary+{method}"] * len(extra)], dict(data.removed))
+
+
 def load_sft_data(cfg: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, corpus=None) -> tuple[SFTData, SFTData]:
-    """Training (train split) and evaluation (validation split) data for ``cfg``."""
-    return (load_split(cfg, tokenizer, "train", cfg.train_examples, corpus),
-            load_split(cfg, tokenizer, "validation", cfg.eval_examples, corpus))
+    """Training (train split, plus ``cfg.augment``'s copies) and evaluation (validation split) data for ``cfg``."""
+    train = load_split(cfg, tokenizer, "train", cfg.train_examples, corpus)
+    if cfg.augment:
+        train = augment_data(train, tokenizer, cfg.augment, cfg.seed, cfg.augment_rate)
+    return train, load_split(cfg, tokenizer, "validation", cfg.eval_examples, corpus)
 
 
 def label_view(example: dict[str, list[int]], tokenizer: PreTrainedTokenizerBase) -> list[dict[str, Any]]:

@@ -40,6 +40,7 @@ METHODS = ("full", "lora")
 
 
 STAGES = ("sft", "dpo")
+AUGMENTATIONS = ("deletion", "swap", "synonym")  # dsnb.data.augment.METHODS (notebook 05)
 
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo")
@@ -99,6 +100,8 @@ class FinetuneConfig:
     adversarial: str | None = None  # None, "fgsm", "fgm" or "pgd": perturb the input embeddings each step
     adversarial_epsilon: float = 0.01
     adversarial_steps: int = 1  # PGD's K
+    augment: str | None = None  # None, "deletion", "swap" or "synonym": one augmented copy of each summary answer
+    augment_rate: float = 0.15  # share of words "deletion" removes (the article's 15%)
     precision: str = "auto"
     gradient_checkpointing: bool = False
     early_stopping_patience: int | None = None
@@ -134,6 +137,8 @@ class FinetuneConfig:
         if self.dpo_loss_type not in DPO_LOSS_TYPES or not self.beta > 0:
             raise ConfigError(f"dpo_loss_type={self.dpo_loss_type!r}, beta={self.beta}: use one of {DPO_LOSS_TYPES} "
                               "and a positive beta (0.1 is the usual start)")
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"augment={self.augment!r}: use one of {AUGMENTATIONS} or null")
         unknown = set(self.tasks) - set(TASKS)
         if unknown or not self.tasks:
             raise ConfigError(f"tasks={self.tasks!r}: choose one or more of {TASKS}")
@@ -323,7 +328,7 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
     **dict.fromkeys(("freeze_first_layers", "warmup_steps", "seed", "weight_decay", "min_learning_rate",
                      "max_grad_norm"), (0, False, None)),
     **dict.fromkeys(("learning_rate", "lora_alpha"), (0, True, None)),
-    **dict.fromkeys(("label_smoothing", "lora_dropout", "dropout"), (0, False, 1)),
+    **dict.fromkeys(("label_smoothing", "lora_dropout", "dropout", "augment_rate"), (0, False, 1)),
 }
 
 
