@@ -304,3 +304,26 @@ def test_early_stopping_stops_when_eval_loss_rises(base, small_data, tmp_path):
     trainer = build_trainer(cfg, model, base[1], ds, eval_dataset=to_dataset(small_data.examples[:8]), progress=False)
     trainer.train()
     assert trainer.state.global_step < 40
+
+
+def test_router_bias_moves_only_when_asked_and_only_in_full_fine_tuning(base, small_data, tmp_path, caplog):
+    from dsnb.model.routing import ExpertBiasBalancer, routers
+
+    def bias_after(**changes):
+        model = copy.deepcopy(base[0])
+        before = [r.e_score_correction_bias.clone() for _, r in routers(model)]
+        cfg = FinetuneConfig(output_dir=str(tmp_path / str(len(changes))), max_steps=3, eval_steps=None,
+                             per_device_batch_size=4, save_steps=None, **changes)
+        trainer = build_trainer(cfg, model, base[1], to_dataset(small_data.examples), progress=False)
+        trainer.train()
+        moved = any(not torch.equal(b, r.e_score_correction_bias) for b, (_, r) in zip(before, routers(
+            trainer.model), strict=True))
+        return moved, any(isinstance(c, ExpertBiasBalancer) for c in trainer.callback_handler.callbacks)
+
+    assert bias_after() == (False, False)  # the default keeps the bias fixed, like a plain Trainer
+    assert bias_after(bias_update_rate=0.01) == (True, True)
+    with caplog.at_level("WARNING", logger="dsnb.train.sft"):
+        assert bias_after(method="lora", bias_update_rate=0.01) == (False, False)
+    assert "ignored with method='lora'" in caplog.text
+    with pytest.raises(ConfigError, match="bias_update_rate"):
+        FinetuneConfig(bias_update_rate=-0.1)

@@ -74,6 +74,10 @@ class FinetuneConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_experts: bool = False  # also adapt fused routed-expert tensors (peft target_parameters)
+    # DeepSeek-V3's router-bias balancing during full fine-tuning (dsnb.model.routing.ExpertBiasBalancer, notebook 01):
+    # the step of the bias after every optimizer step; 0 keeps the bias fixed, as a plain Trainer does. Not with LoRA:
+    # the bias is a buffer of the frozen base model and a saved adapter would not carry it.
+    bias_update_rate: float = 0.0
     freeze_first_layers: int = 0  # claim C18: keep the first N decoder layers (and embeddings) fixed
     dropout: float | None = None  # override the model's attention dropout (None keeps it)
     # data
@@ -326,7 +330,7 @@ _RANGES: dict[str, tuple[float, bool, float | None]] = {
                      "logging_steps", "lora_r", "global_batch_size", "train_examples", "eval_examples",
                      "eval_steps", "save_steps", "save_total_limit", "early_stopping_patience"), (1, False, None)),
     **dict.fromkeys(("freeze_first_layers", "warmup_steps", "seed", "weight_decay", "min_learning_rate",
-                     "max_grad_norm"), (0, False, None)),
+                     "max_grad_norm", "bias_update_rate"), (0, False, None)),
     **dict.fromkeys(("learning_rate", "lora_alpha"), (0, True, None)),
     **dict.fromkeys(("label_smoothing", "lora_dropout", "dropout", "augment_rate"), (0, False, 1)),
 }

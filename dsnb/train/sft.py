@@ -41,6 +41,7 @@ from transformers import (
 )
 
 from dsnb.model.load import load_model
+from dsnb.model.routing import ExpertBiasBalancer, routers
 from dsnb.progress import LineProgress
 from dsnb.train.adversarial import AdversarialMixin, settings_from_config
 from dsnb.train.chat import SFTData, data_collator, load_sft_data, to_dataset
@@ -83,6 +84,12 @@ def build_trainer(
         cbs.append(LineProgress("sft", lines=10))
     if cfg.early_stopping_patience is not None:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    if cfg.bias_update_rate > 0 and routers(model):
+        if cfg.method == "full":
+            cbs.append(ExpertBiasBalancer(model, cfg.bias_update_rate))
+        else:
+            logger.warning("bias_update_rate=%s ignored with method=%r: the router bias belongs to the frozen base "
+                           "model and a saved adapter would not carry it", cfg.bias_update_rate, cfg.method)
     cbs += list(callbacks or [])
     curriculum, adversarial = schedule_from_config(cfg), settings_from_config(cfg)
     if curriculum or adversarial:  # notebook 05: curriculum sampling and adversarial steps as Trainer mixins
