@@ -60,3 +60,12 @@ def test_lr_curve_reads_the_log():
     assert lr_curve(log) == ([1, 3], [0.1, 0.05])
     with pytest.raises(ValueError, match="learning_rate"):
         lr_curve([{"step": 1, "loss": 1.0}])
+
+
+def test_logged_reads_one_metric_in_step_order():
+    from dsnb.train.logs import logged
+
+    history = [{"step": 1, "loss": 2.5, "learning_rate": 1e-3}, {"step": 2, "eval_loss": 2.0},
+               {"step": 3, "loss": 2.25}]
+    assert logged(history, "loss") == ([1, 3], [2.5, 2.25])
+    assert logged(history, "eval_loss") == ([2], [2.0]) and logged(history, "missing") == ([], [])

@@ -29,6 +29,19 @@ def routers(model: nn.Module) -> list[tuple[str, nn.Module]]:
                                                                    torch.Tensor)]
 
 
+def add_routed_tokens(counts: torch.Tensor, router_output: tuple, mask: torch.Tensor | None) -> None:
+    """Add one router call's top-k expert choices to ``counts`` (one slot per expert), in place.
+
+    ``router_output`` is what a DeepSeek router returns (its integer tensor holds the chosen experts per
+    token); positions where the 2-D attention ``mask`` is 0 are padding and are not counted.
+    """
+    idx = next(t for t in router_output if isinstance(t, torch.Tensor) and not t.is_floating_point())
+    idx = idx.reshape(-1, idx.shape[-1])
+    if mask is not None and mask.numel() == idx.shape[0]:
+        idx = idx[mask.reshape(-1).to(idx.device) != 0]  # padded positions route nothing real
+    counts += torch.bincount(idx.reshape(-1), minlength=counts.numel()).to(counts.device, torch.float64)
+
+
 def load_imbalance(load: torch.Tensor) -> torch.Tensor:
     """Busiest expert's load divided by the mean load, per layer (1.0 = perfectly balanced).
 
@@ -65,14 +78,8 @@ class ExpertBiasBalancer(TrainerCallback):
 
     def _hook(self, i: int):
         def hook(module, _inputs, output):
-            if not module.training:
-                return
-            idx = next(t for t in output if isinstance(t, torch.Tensor) and not t.is_floating_point())
-            idx = idx.reshape(-1, idx.shape[-1])
-            if self._mask is not None and self._mask.numel() == idx.shape[0]:
-                idx = idx[self._mask.reshape(-1).to(idx.device) != 0]  # padded positions route nothing real
-            self.counts[i] += torch.bincount(idx.reshape(-1), minlength=self.counts[i].numel()).to(
-                self.counts[i].device, torch.float64)
+            if module.training:
+                add_routed_tokens(self.counts[i], output, self._mask)
 
         return hook
 

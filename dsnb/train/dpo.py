@@ -40,6 +40,7 @@ from dsnb.train.chat import chat_messages
 from dsnb.train.checkpoint import ManifestCallback
 from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, resolve_precision
 from dsnb.train.evaluation import generate_answers
+from dsnb.train.logs import logged
 from dsnb.train.losses import dpo_loss, sequence_logps
 from dsnb.train.prepare import prepare_model
 
@@ -339,13 +340,11 @@ class DPOResult:
     @property
     def train_losses(self) -> tuple[list[int], list[float]]:
         """(steps, training loss) as logged."""
-        rows = [(r["step"], r["loss"]) for r in self.log_history if "loss" in r]
-        return [s for s, _ in rows], [v for _, v in rows]
+        return logged(self.log_history, "loss")
 
     def logged(self, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one logged metric, e.g. ``rewards/accuracies`` or ``eval_rewards/margins``."""
-        rows = [(r["step"], r[key]) for r in self.log_history if key in r]
-        return [s for s, _ in rows], [v for _, v in rows]
+        return logged(self.log_history, key)
 
 
 def run_dpo(

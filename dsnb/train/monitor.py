@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from dsnb.model.routing import routers
+from dsnb.model.routing import add_routed_tokens, routers
 
 logger = logging.getLogger(__name__)
 
@@ -200,14 +200,8 @@ class TrainingMonitor(TrainerCallback):
 
     def _count(self, i: int):
         def hook(module, _inputs, output):
-            if not module.training:
-                return
-            idx = next(t for t in output if isinstance(t, torch.Tensor) and not t.is_floating_point())
-            idx = idx.reshape(-1, idx.shape[-1])
-            if self._mask is not None and self._mask.numel() == idx.shape[0]:
-                idx = idx[self._mask.reshape(-1).to(idx.device) != 0]
-            self._counts[i] += torch.bincount(idx.reshape(-1), minlength=self._counts[i].numel()).to(
-                self._counts[i].device, torch.float64)
+            if module.training:
+                add_routed_tokens(self._counts[i], output, self._mask)
 
         return hook
 

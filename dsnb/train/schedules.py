@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from transformers import get_scheduler
 
+from dsnb.train.logs import logged
+
 #: The article's real-scale values (claim C10).
 REAL_PEAK_LR = 3e-5
 REAL_WARMUP_STEPS = 500
@@ -79,7 +81,7 @@ def library_lr_curve(peak_lr: float, warmup_steps: int, total_steps: int, floor_
 
 def lr_curve(log_history: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
     """(steps, learning rates) as the trainer logged them: what the run really used, not the formula."""
-    rows = [(int(r["step"]), float(r["learning_rate"])) for r in log_history if "learning_rate" in r]
-    if not rows:
+    steps, rates = logged(log_history, "learning_rate")
+    if not steps:
         raise ValueError("the log has no 'learning_rate' entries; train with logging_steps set and report the log")
-    return [s for s, _ in rows], [lr for _, lr in rows]
+    return steps, rates

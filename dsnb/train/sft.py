@@ -48,6 +48,7 @@ from dsnb.train.chat import SFTData, data_collator, load_sft_data, to_dataset
 from dsnb.train.checkpoint import ManifestCallback, prepare_resume_on_main, remove_restored_on_main
 from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, launch_state, resolve_precision
 from dsnb.train.curriculum import CurriculumMixin, schedule_from_config
+from dsnb.train.logs import logged
 from dsnb.train.prepare import prepare_model
 
 logger = logging.getLogger(__name__)
@@ -120,14 +121,12 @@ class SFTResult:
     @property
     def train_losses(self) -> tuple[list[int], list[float]]:
         """(steps, training loss) as logged."""
-        rows = [(r["step"], r["loss"]) for r in self.log_history if "loss" in r]
-        return [s for s, _ in rows], [v for _, v in rows]
+        return logged(self.log_history, "loss")
 
     @property
     def eval_losses(self) -> tuple[list[int], list[float]]:
         """(steps, eval loss) as logged."""
-        rows = [(r["step"], r["eval_loss"]) for r in self.log_history if "eval_loss" in r]
-        return [s for s, _ in rows], [v for _, v in rows]
+        return logged(self.log_history, "eval_loss")
 
 
 def restore_full_weights(model: nn.Module, checkpoint: str | Path) -> bool:
