@@ -66,3 +66,27 @@ def test_prepare_data_is_cached_and_loads(small_corpus, config, tmp_path, monkey
     assert "complexity" in pipeline.load_prepared("code", "train", path).column_names
     with pytest.raises(ValueError, match="unknown kind"):
         pipeline.load_prepared("audio", "train", path)
+
+
+def test_training_reads_prepared_dialogues_without_running_the_pipeline(small_corpus, tokenizer, tmp_path,
+                                                                         monkeypatch):
+    """The dialogue task finds the prepared chat split by corpus fingerprint; no pipeline runs in training."""
+    from dsnb.data import prepared
+    from dsnb.train.chat import load_split
+    from dsnb.train.config import FinetuneConfig
+
+    monkeypatch.setenv("DSNB_CACHE", str(tmp_path))
+    cfg = FinetuneConfig(tasks=("dialogue",), max_seq_len=128)
+    with pytest.raises(prepared.PreparedDataMissing, match="run notebook 02, or `python -m dsnb.data.pipeline`"):
+        load_split(cfg, tokenizer, "train", corpus=small_corpus)
+    path = pipeline.prepare_data(small_corpus, pipeline.PipelineConfig(n_dialogues=300, ocr_samples=0))
+    assert prepared.find_prepared(small_corpus.fingerprint) == path
+    assert prepared.find_prepared("another corpus") is None
+
+    def no_pipeline(*args, **kwargs):
+        raise AssertionError("training must not run the data pipeline")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", no_pipeline)
+    data = load_split(cfg, tokenizer, "train", corpus=small_corpus)
+    chats = pipeline.load_prepared("chat", "train", path)
+    assert set(data.tasks) == {"dialogue"} and len(data) + sum(data.removed.values()) == len(chats)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dsnb.data import missing_extra
+from dsnb.data.words import words as split_words
 
 try:
     from datasketch import MinHash, MinHashLSH
@@ -33,7 +34,6 @@ except ModuleNotFoundError as exc:  # dsnb's 'data' extra
 logger = logging.getLogger(__name__)
 
 _WS = re.compile(r"\s+")
-_WORD = re.compile(r"\w+")
 
 
 def normalize(text: str) -> str:
@@ -104,7 +104,7 @@ def exact_duplicates(texts: list[str]) -> DedupResult:
 
 def shingles(text: str, n: int = 3) -> set[str]:
     """Word n-grams of the normalised text (a text shorter than n words is one shingle)."""
-    words = _WORD.findall(normalize(text))
+    words = split_words(normalize(text), punctuation=False)
     if len(words) <= n:
         return {" ".join(words)} if words else set()
     return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass
 
 from dsnb.data import missing_extra
 from dsnb.data.corpus import InstructionPair
+from dsnb.data.words import token_f1, words
 
 try:
     from nltk.classify import NaiveBayesClassifier
@@ -98,12 +98,6 @@ GENERIC_ANSWERS = (
     "That depends on your use case.",
     "It should work, try again.",
 )
-_WORD = re.compile(r"[A-Za-z_][\w]*|\d+|[^\w\s]")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens used by the classifier, the scorer and distinct-n."""
-    return [w.lower() for w in _WORD.findall(text)]
 
 
 @dataclass(frozen=True)
@@ -236,16 +230,6 @@ def confusion_matrix(result: IntentResult) -> list[list[int]]:
 # ---------------------------------------------------------------- response scoring
 
 
-def token_f1(a: str, b: str) -> float:
-    """F1 of the word multisets of two texts (SQuAD-style overlap; punctuation left out)."""
-    ca, cb = Counter(diversity_words(a)), Counter(diversity_words(b))
-    common = sum((ca & cb).values())
-    if common == 0:
-        return 0.0
-    p, r = common / sum(ca.values()), common / sum(cb.values())
-    return 2 * p * r / (p + r)
-
-
 def score_response(response: str, reference: str, name: str, *, min_tokens: int = 8,
                    max_tokens: int = 200) -> float:
     """``0.5*overlap + 0.25*length_ok + 0.25*on_topic`` in [0, 1] (see the module docstring)."""
@@ -283,8 +267,8 @@ def lm_loss_per_token(texts: list[str], model, tokenizer, *, max_length: int = 1
 
 
 def diversity_words(text: str) -> list[str]:
-    """Lower-cased words without punctuation: the tokens distinct-n counts."""
-    return [w for w in words(text) if w[0].isalnum() or w[0] == "_"]
+    """Lower-cased words without punctuation (``dsnb.data.words``): the tokens distinct-n counts."""
+    return words(text, punctuation=False)
 
 
 def distinct_n(texts: list[str], n: int) -> float:

@@ -5,7 +5,8 @@ pairs) on the standard-library corpus, timing each stage; ``quality_tables`` tur
 one table per dimension (rows in, rows kept, each metric against its target, pass/fail).
 ``prepare_data`` also writes the cleaned splits as validated JSONL files under
 ``dsnb.cache_dir("data")``, keyed by the corpus fingerprint and the pipeline settings, so notebooks
-03-06 load them with ``load_prepared`` instead of rebuilding. Taught in notebook 02.
+03-06 and training read them back with ``dsnb.data.prepared.load_prepared`` (re-exported here) instead of
+rebuilding. ``python -m dsnb.data.pipeline`` prepares them from the command line. Taught in notebook 02.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from dsnb.cache import atomic_directory, build_lock, cache_dir, write_json_atomic
 from dsnb.data import codeprep, dedup, dialogue, imagetext, lexical
 from dsnb.data.corpus import SPLITS, Corpus, course_corpus
+from dsnb.data.prepared import PREPARED_KINDS, load_prepared  # noqa: F401  (load_prepared: read back what prepare_data wrote)
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +316,6 @@ def write_splits(result: PipelineResult, directory: Path) -> dict[str, dict[str,
 
 
 #: kind on disk -> record type used to validate it when loading
-PREPARED_KINDS = {"text": "pretraining", "chat": "chat", "code": "pretraining"}
 
 
 def prepare_data(corpus: Corpus | None = None, config: PipelineConfig | None = None, *,
@@ -345,16 +346,6 @@ def report_dict(result: PipelineResult) -> dict[str, Any]:
     """The quality report as plain JSON-able data."""
     return {"fingerprint": result.fingerprint, "config": asdict(result.config),
             "dimensions": {k: asdict(v) for k, v in result.dimensions.items()}}
-
-
-def load_prepared(kind: str, split: str = "train", directory: str | Path | None = None):
-    """A cleaned split as a validated ``datasets.Dataset`` (``kind``: text, chat or code; notebooks 03-06)."""
-    from dsnb.data.records import load_records
-
-    if kind not in PREPARED_KINDS:
-        raise ValueError(f"unknown kind {kind!r}; use one of {tuple(PREPARED_KINDS)}")
-    directory = Path(directory) if directory is not None else prepare_data()
-    return load_records(directory / kind / f"{split}.jsonl", PREPARED_KINDS[kind]).dataset
 
 
 # ------------------------------------------------------------------ plots
@@ -388,3 +379,13 @@ def plot_report(result: PipelineResult):
     ax[1, 1].legend()
     fig.tight_layout()
     return fig
+
+
+def main() -> None:
+    """``python -m dsnb.data.pipeline``: prepare (or find) the cleaned splits of the course corpus."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(f"cleaned splits in {prepare_data()}")
+
+
+if __name__ == "__main__":
+    main()

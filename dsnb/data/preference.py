@@ -14,13 +14,12 @@ one of these kinds:
 Each pair records its ``kind`` so the mix can be reported. ``to_conversational`` gives the
 conversational ``prompt`` / ``chosen`` / ``rejected`` format TRL's ``DPOTrainer`` reads;
 ``load_preference_file`` reads (and validates, with line numbers) a ``preference`` records file.
-``token_f1`` is the fixed judge used for head-to-head comparisons. Taught in notebook 06.
+``token_f1`` (``dsnb.data.words``) is the fixed judge used for head-to-head comparisons. Taught in notebook 06.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,37 +29,15 @@ import datasets
 
 from dsnb.data.corpus import InstructionPair
 from dsnb.data.records import load_records
+from dsnb.data.words import token_f1
 
 #: The instruction of the summary task (the same text notebook 03's SFT data uses).
 SUMMARY_INSTRUCTION = "Summarize this Python function in one line.\n"
 
 KINDS = ("other_summary", "truncated", "sft_sample")
 
-_WORD = re.compile(r"\w+|[^\w\s]")
-
-
 def _stable_int(text: str) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
-
-
-def tokens(text: str) -> list[str]:
-    """Lower-cased words and punctuation marks of ``text`` (what ``token_f1`` compares)."""
-    return _WORD.findall(text.lower())
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """Token-level F1 between a prediction and a reference (SQuAD-style bag of tokens), in [0, 1].
-
-    A fixed, deterministic judge: no model, no sampling. Two empty strings score 1.
-    """
-    p, r = tokens(prediction), tokens(reference)
-    if not p and not r:
-        return 1.0
-    common = sum((Counter(p) & Counter(r)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(r)
-    return 2 * precision * recall / (precision + recall)
 
 
 def truncate_answer(text: str, keep: float = 0.5) -> str | None:

@@ -151,7 +151,7 @@ def build_sft_data(
     for task in tasks:
         if task == "dialogue" and dialogues is None:
             raise ConfigError("task 'dialogue' needs conversations: pass dialogues=... (e.g. from "
-                              "dsnb.data.pipeline.load_prepared('chat', split)) or use dsnb.train.chat.load_split")
+                              "dsnb.data.prepared.load_prepared('chat', split)) or use dsnb.train.chat.load_split")
         for item in (dialogues if task == "dialogue" else pairs):
             messages = [dict(m) for m in item] if task == "dialogue" else chat_messages(item, task)
             if messages is None:
@@ -225,17 +225,19 @@ def load_split(cfg: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, split: s
                corpus=None) -> SFTData:
     """The SFT examples of one corpus split (train, validation or test) for ``cfg.tasks``.
 
-    ``dialogue`` reads the cleaned chat records notebook 02 prepared (``dsnb.data.pipeline.load_prepared``,
-    built and cached on first use); the other tasks come from the corpus's instruction pairs.
+    ``dialogue`` reads the cleaned chat records notebook 02 prepared for this corpus, through
+    ``dsnb.data.prepared.load_prepared`` (validated JSONL; the pipeline itself never runs inside training:
+    without prepared data the error says how to prepare it); the other tasks come from the corpus's
+    instruction pairs.
     """
     from dsnb.data.corpus import course_corpus
 
     corpus = corpus or course_corpus()
     dialogues = None
     if "dialogue" in cfg.tasks:
-        from dsnb.data.pipeline import load_prepared, prepare_data
+        from dsnb.data.prepared import load_prepared
 
-        dialogues = load_prepared("chat", split, prepare_data(corpus))["messages"]
+        dialogues = load_prepared("chat", split, fingerprint=corpus.fingerprint)["messages"]
     return build_sft_data(corpus.pairs_in(split), tokenizer, cfg.tasks, cfg.max_seq_len, limit, cfg.seed, split,
                           dialogues)
 
