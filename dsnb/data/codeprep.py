@@ -6,7 +6,9 @@ context a model needs to read it: the module's imports and, for a method, its cl
 longer than ``max_chars`` are rejected as too long. Every chunk gets its cyclomatic complexity from
 ``radon`` (1 + the number of decision points: ``if``/``elif``, loops, ``except``, boolean operators,
 comprehension conditions ...). The article asks for code of "complexity > 3"; ``complex_subset``
-keeps those chunks. Taught in notebook 02.
+keeps those chunks. The pretraining corpus (``dsnb.data.corpus``) chunks source differently, by
+whole top-level statements with nothing dropped; both take a statement's lines from
+``corpus.statement_span``. Taught in notebook 02.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsnb.data import missing_extra
+from dsnb.data.corpus import statement_span
 
 try:
     from radon.complexity import cc_rank
@@ -84,15 +87,10 @@ def _imports(tree: ast.Module, lines: list[str]) -> str:
 
 
 def _class_header(node: ast.ClassDef, lines: list[str]) -> str:
-    start = min([node.lineno] + [d.lineno for d in node.decorator_list])
-    end = _span(node.body[0])[0] - 1  # up to the first statement: no docstring, no body
+    start = statement_span(node)[0]
+    end = statement_span(node.body[0])[0] - 1  # up to the first statement: no docstring, no body
     header = "".join(lines[start - 1 : max(end, node.lineno)]).rstrip()
     return header + "\n    ..."
-
-
-def _span(node: ast.AST) -> tuple[int, int]:
-    start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-    return start, node.end_lineno or node.lineno
 
 
 def _complexities(source: str) -> dict[tuple[str | None, str, int], int]:
@@ -142,7 +140,7 @@ def chunk_source(source: str, path: str = "<string>", *, max_chars: int = 6000) 
 
 
 def _add(result, path, qualname, kind, node, lines, context, complexity, max_chars) -> None:
-    start, end = _span(node)
+    start, end = statement_span(node)
     code = textwrap.dedent("".join(lines[start - 1 : end])).rstrip() + "\n"
     if kind == "method":
         code = textwrap.indent(code, "    ")

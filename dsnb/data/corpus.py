@@ -185,13 +185,21 @@ def list_source_files(root: Path, max_file_bytes: int) -> tuple[list[Path], list
     return files, skipped
 
 
+def statement_span(node: ast.AST) -> tuple[int, int]:
+    """First and last source line (1-based) of a statement, its decorators included."""
+    start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+    return start, node.end_lineno or node.lineno
+
+
 def _chunk_source(source: str, tree: ast.Module, max_chars: int) -> list[tuple[int, str]]:
-    """Group whole top-level statements into chunks of at most about ``max_chars`` characters."""
+    """Group whole top-level statements into chunks of at most about ``max_chars`` characters.
+
+    The pretraining text of notebook 01: every statement is kept, in order, so the chunks add up to the
+    file. (``dsnb.data.codeprep.chunk_source`` does a different job: one unit per function or method, with
+    its imports and class header as context and a complexity score, for notebook 02's code dimension.)
+    """
     lines = source.splitlines(keepends=True)
-    spans = []
-    for node in tree.body:
-        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-        spans.append((start, node.end_lineno or node.lineno))
+    spans = [statement_span(node) for node in tree.body]
     chunks: list[tuple[int, str]] = []
     cur_start, cur_text = None, ""
     for start, end in spans:
@@ -225,8 +233,8 @@ def _summary_line(doc: str) -> str | None:
 
 def _segment(lines: list[str], node: ast.AST) -> str:
     """The source lines of ``node`` (decorators included), dedented as a whole."""
-    start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-    return textwrap.dedent("".join(lines[start - 1 : node.end_lineno]))
+    start, end = statement_span(node)
+    return textwrap.dedent("".join(lines[start - 1 : end]))
 
 
 def _walk_defs(tree: ast.Module):
