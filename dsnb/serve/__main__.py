@@ -1,0 +1,93 @@
+"""Command line: ``python -m dsnb.serve model ...`` (a model server) and ``python -m dsnb.serve gateway ...`` (notebook 10).
+
+    python -m dsnb.serve model --model dsnb-tiny-sft --version sft-v2 --port 8001
+    python -m dsnb.serve gateway --variant A=http://127.0.0.1:8001 --variant B=http://127.0.0.1:8002 --port 8000
+
+Both bind 127.0.0.1 unless ``--host`` says otherwise. The model server requires the API key in
+``$DSNB_API_KEY`` when that is set (and the gateway sends it to its backends); ``REDIS_URL`` and
+``DATABASE_URL`` switch the gateway's cache and event store to Redis and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+API_KEY_ENV = "DSNB_API_KEY"
+
+
+def _variants(specs: list[str]) -> dict[str, list[str]]:
+    pools: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, urls = spec.partition("=")
+        if not sep or not name or not urls:
+            raise SystemExit(f"--variant {spec!r}: write NAME=URL[,URL...], e.g. A=http://127.0.0.1:8001")
+        pools.setdefault(name, []).extend(u for u in urls.split(",") if u)
+    return pools
+
+
+def _weights(spec: str | None, variants: list[str]) -> dict[str, float]:
+    if not spec:
+        return {v: 1.0 for v in variants}
+    out = {}
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise SystemExit(f"--weights {spec!r}: write NAME=NUMBER,..., e.g. A=50,B=50") from None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the chosen server in the foreground (Ctrl-C stops it)."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m dsnb.serve", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("model", help="serve one model behind the OpenAI-compatible API")
+    m.add_argument("--model", default="dsnb-tiny-sft", help="dsnb-tiny, dsnb-tiny-sft, a checkpoint dir or hub id")
+    m.add_argument("--adapter", help="a LoRA adapter directory, merged into the model")
+    m.add_argument("--name", help="the model id clients send (default: --model)")
+    m.add_argument("--version", default="v1", help="model version reported in responses and metrics")
+    g = sub.add_parser("gateway", help="A/B gateway and load balancer in front of model servers")
+    g.add_argument("--variant", action="append", required=True, help="NAME=URL[,URL...]; repeat per variant")
+    g.add_argument("--weights", help="NAME=WEIGHT,... (default: equal)")
+    g.add_argument("--experiment", default="experiment", help="experiment name (stored with every request)")
+    g.add_argument("--salt", default="salt-1", help="hash salt; a new salt reshuffles users")
+    g.add_argument("--database", default="events.sqlite", help="SQLite file when DATABASE_URL is not set")
+    g.add_argument("--cache-ttl", type=float, default=300.0, help="seconds a cached answer lives")
+    for p in (m, g):
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    api_key = os.environ.get(API_KEY_ENV) or None
+    store = None
+    if args.command == "model":
+        from dsnb.serve.engine import ModelEngine
+        from dsnb.serve.server import create_app
+
+        engine = ModelEngine.load(args.model, args.version, args.adapter, args.name)
+        app = create_app(engine, api_key=api_key)
+    else:
+        from dsnb.serve.cache import make_cache
+        from dsnb.serve.gateway import Experiment, Gateway
+        from dsnb.serve.store import EventStore, database_url
+
+        pools = _variants(args.variant)
+        experiment = Experiment(args.experiment, args.salt, _weights(args.weights, list(pools)))
+        store = EventStore(database_url(args.database))
+        app = Gateway(experiment, pools, make_cache(args.cache_ttl), store, backend_api_key=api_key).app
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        if store is not None:
+            store.close()  # commit every queued row before exiting
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

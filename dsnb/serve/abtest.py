@@ -1,0 +1,195 @@
+"""A/B test statistics, written out with the standard library and checked against SciPy in the tests (notebook 10).
+
+- ``srm_test``: the sample-ratio-mismatch check, a χ² goodness-of-fit test of the users per variant
+  against the planned weights (flag at p < 0.001: the split itself is broken, ignore the result).
+- ``two_proportion_test``: difference of two rates with a Wald confidence interval and the pooled
+  two-sided z-test (the same p-value as a 2×2 χ² test without continuity correction).
+- ``prob_b_beats_a``: the Beta-binomial posterior probability that B's rate is higher (uniform priors).
+- ``sample_size``: users per variant to detect a relative lift at a given α and power.
+- ``simulate_split``: why the article's per-request ``random.random() < 0.5`` breaks an experiment
+  (users see both variants and a per-user effect is diluted), against the sticky per-user hash.
+- ``aa_false_positive_rate``: A/A experiments (no true effect) flagged at level α, which should be ≈ α.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+_N = NormalDist()
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """P(χ²_dof > x), the upper tail of the χ² distribution with an integer number of degrees of freedom."""
+    if dof < 1:
+        raise ValueError("degrees of freedom must be >= 1")
+    if x <= 0:
+        return 1.0
+    half = x / 2
+    if dof % 2 == 0:  # exp(-x/2) · Σ_{i < dof/2} (x/2)^i / i!
+        term, total = 1.0, 1.0
+        for i in range(1, dof // 2):
+            term *= half / i
+            total += term
+        return min(1.0, math.exp(-half) * total)
+    # odd: erfc(√(x/2)) + √(2x/π)·exp(-x/2)·Σ_{i=1}^{(dof-1)/2} x^(i-1) / (1·3·…·(2i-1))
+    total, term = 0.0, 1.0
+    for i in range(1, (dof - 1) // 2 + 1):
+        term = 1.0 if i == 1 else term * x / (2 * i - 1)
+        total += term
+    return min(1.0, math.erfc(math.sqrt(half)) + math.sqrt(2 * x / math.pi) * math.exp(-half) * total)
+
+
+@dataclass
+class SRMResult:
+    """Sample-ratio-mismatch check: the χ² statistic, its p-value and whether it flags the split."""
+
+    counts: dict[str, int]
+    expected: dict[str, float]
+    chi2: float
+    p_value: float
+    mismatch: bool
+
+
+def srm_test(counts: Mapping[str, int], weights: Mapping[str, float], threshold: float = 0.001) -> SRMResult:
+    """χ² goodness of fit of ``counts`` (users per variant) against the planned ``weights``."""
+    total_w = sum(weights[k] for k in counts)
+    n = sum(counts.values())
+    if n == 0 or total_w <= 0:
+        raise ValueError("srm_test needs at least one user and positive weights for the variants counted")
+    expected = {k: n * weights[k] / total_w for k in counts}
+    chi2 = sum((counts[k] - expected[k]) ** 2 / expected[k] for k in counts)
+    p = chi2_sf(chi2, len(counts) - 1)
+    return SRMResult(dict(counts), expected, chi2, p, p < threshold)
+
+
+@dataclass
+class ProportionTest:
+    """Two-proportion comparison: rates, difference B - A with its CI, relative lift, z and two-sided p."""
+
+    rate_a: float
+    rate_b: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    relative_lift: float
+    z: float
+    p_value: float
+    alpha: float
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < self.alpha
+
+
+def two_proportion_test(successes_a: int, n_a: int, successes_b: int, n_b: int, alpha: float = 0.05) -> ProportionTest:
+    """Pooled two-sided z-test of rate B vs rate A, with a (1 - α) Wald interval for the difference."""
+    if min(n_a, n_b) <= 0 or not (0 <= successes_a <= n_a and 0 <= successes_b <= n_b):
+        raise ValueError("each group needs n > 0 and 0 <= successes <= n")
+    pa, pb = successes_a / n_a, successes_b / n_b
+    pooled = (successes_a + successes_b) / (n_a + n_b)
+    se_pooled = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    z = (pb - pa) / se_pooled if se_pooled > 0 else 0.0
+    p = 2 * _N.cdf(-abs(z))
+    se = math.sqrt(pa * (1 - pa) / n_a + pb * (1 - pb) / n_b)
+    half = _N.inv_cdf(1 - alpha / 2) * se
+    lift = (pb - pa) / pa if pa > 0 else math.inf
+    return ProportionTest(pa, pb, pb - pa, pb - pa - half, pb - pa + half, lift, z, p, alpha)
+
+
+def prob_b_beats_a(successes_a: int, n_a: int, successes_b: int, n_b: int, draws: int = 200_000,
+                   seed: int = 0) -> float:
+    """P(rate_B > rate_A) under Beta(1 + s, 1 + n - s) posteriors (uniform priors), by Monte Carlo."""
+    rng = np.random.default_rng(seed)
+    a = rng.beta(1 + successes_a, 1 + n_a - successes_a, draws)
+    b = rng.beta(1 + successes_b, 1 + n_b - successes_b, draws)
+    return float((b > a).mean())
+
+
+def sample_size(base_rate: float, relative_lift: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Users per variant for a two-sided two-proportion z-test to detect ``base_rate`` -> ``base_rate·(1 + lift)``."""
+    p1, p2 = base_rate, base_rate * (1 + relative_lift)
+    if not (0 < p1 < 1 and 0 < p2 < 1) or p1 == p2:
+        raise ValueError(f"rates must be in (0, 1) and differ: {p1} -> {p2}")
+    pbar = (p1 + p2) / 2
+    za, zb = _N.inv_cdf(1 - alpha / 2), _N.inv_cdf(power)
+    n = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / (p2 - p1) ** 2
+    return math.ceil(n)
+
+
+def simulated_power(base_rate: float, relative_lift: float, n_per_variant: int, alpha: float = 0.05,
+                    runs: int = 2000, seed: int = 0) -> float:
+    """Share of ``runs`` simulated experiments (binomial outcomes) that ``two_proportion_test`` flags."""
+    rng = np.random.default_rng(seed)
+    sa = rng.binomial(n_per_variant, base_rate, runs)
+    sb = rng.binomial(n_per_variant, base_rate * (1 + relative_lift), runs)
+    return float(np.mean([two_proportion_test(int(a), n_per_variant, int(b), n_per_variant, alpha).significant
+                          for a, b in zip(sa, sb, strict=True)]))
+
+
+@dataclass
+class SplitSimulation:
+    """One simulated experiment under a splitting method."""
+
+    method: str
+    users_seeing_both: float  # share of users exposed to both variants
+    estimated_lift: float  # measured conversion-rate difference B - A as the analysis sees it
+    true_lift: float  # the difference a user fully on B has over a user fully on A
+    p_value: float
+
+
+def simulate_split(method: str, users: int = 2000, requests_per_user: int = 5, base_rate: float = 0.10,
+                   effect: float = 0.03, seed: int = 0, salt: str = "exp") -> SplitSimulation:
+    """Users convert (once, per user) with probability ``base_rate + effect × (share of their requests on B)``.
+
+    ``method="sticky"``: the gateway's hash gives each user one variant; the analysis compares users.
+    ``method="per_request"``: every request flips a coin (the article's split); a user has no single
+    variant, so the analysis credits each conversion to the variant of the user's last request.
+    """
+    from dsnb.serve.assignment import assign
+
+    rng = np.random.default_rng(seed)
+    if method == "sticky":
+        on_b = np.array([assign(f"user-{u}", salt, {"A": 0.5, "B": 0.5}) == "B" for u in range(users)], dtype=float)
+        exposure = np.repeat(on_b[:, None], requests_per_user, axis=1)
+    elif method == "per_request":
+        exposure = (rng.random((users, requests_per_user)) < 0.5).astype(float)
+    else:
+        raise ValueError("method is 'sticky' or 'per_request'")
+    share_b = exposure.mean(1)
+    converted = rng.random(users) < base_rate + effect * share_b
+    label_b = exposure[:, -1] == 1  # the variant the analysis credits the user to
+    both = float(np.mean((share_b > 0) & (share_b < 1)))
+    n_b, n_a = int(label_b.sum()), int((~label_b).sum())
+    test = two_proportion_test(int(converted[~label_b].sum()), n_a, int(converted[label_b].sum()), n_b)
+    return SplitSimulation(method, both, test.difference, effect, test.p_value)
+
+
+def aa_false_positive_rate(runs: int = 500, users: int = 2000, rate: float = 0.2, alpha: float = 0.05,
+                           seed: int = 0) -> float:
+    """Share of A/A experiments (same rate in both arms, users split by the hash) with p < α."""
+    from dsnb.serve.assignment import assign
+
+    rng = np.random.default_rng(seed)
+    flagged = 0
+    for r in range(runs):
+        on_b = np.array([assign(f"user-{u}", f"aa-{r}", {"A": 0.5, "B": 0.5}) == "B" for u in range(users)])
+        converted = rng.random(users) < rate
+        test = two_proportion_test(int(converted[~on_b].sum()), int((~on_b).sum()), int(converted[on_b].sum()),
+                                   int(on_b.sum()), alpha)
+        flagged += test.significant
+    return flagged / runs
+
+
+def summarize(scores: Sequence[tuple[str, float]], threshold: float = 0.5) -> dict[str, tuple[int, int]]:
+    """Per variant, (successes, trials) from (variant, score) pairs: a score above ``threshold`` is a success."""
+    out: dict[str, list[int]] = {}
+    for variant, score in scores:
+        s = out.setdefault(variant, [0, 0])
+        s[0] += int(score > threshold)
+        s[1] += 1
+    return {k: (v[0], v[1]) for k, v in out.items()}

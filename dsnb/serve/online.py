@@ -1,0 +1,122 @@
+"""Online learning from feedback, with guard rails: feedback -> preference pairs -> a short DPO round -> gate (notebook 10).
+
+The article updates the model "in real time" from user feedback. Changing weights on every request
+would let one user (or one bot) steer the model and would make every answer come from a different
+model, so an A/B test could not attribute anything. The safe form is periodic:
+
+1. ``feedback_pairs``: for each prompt that got both a liked and a disliked answer, the liked one is
+   ``chosen`` and the disliked one ``rejected`` (a gap of at least ``min_gap`` in score);
+2. ``update_from_feedback``: nothing happens below ``min_pairs`` pairs; otherwise a short DPO run
+   with LoRA (``dsnb.train.dpo``) on a copy of the served model, merged into its weights;
+3. the gate: the candidate's mean token-F1 on held-out prompts must not fall below the served
+   model's by more than ``tolerance``; only then does the caller swap it in
+   (``ModelEngine.swap``), and ``ModelEngine.rollback`` undoes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from dsnb.data.preference import preference_dataset, token_f1
+from dsnb.train.config import FinetuneConfig
+from dsnb.train.dpo import build_dpo_trainer
+from dsnb.train.evaluation import generate_answers
+
+
+def user_prompt(stored: str) -> str:
+    """The last user message of a stored chat prompt (the gateway stores the messages as JSON), or the text."""
+    try:
+        messages = json.loads(stored)
+    except (TypeError, ValueError):
+        return stored
+    if isinstance(messages, list):
+        users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        if users:
+            return users[-1]
+    return stored
+
+
+def feedback_pairs(requests: Iterable[Mapping[str, Any]], feedback: Iterable[Mapping[str, Any]],
+                   min_gap: float = 0.5) -> list[dict[str, str]]:
+    """Preference pairs (prompt, chosen, rejected) from request rows and feedback rows of the event store.
+
+    Scores of the same answer to the same prompt are averaged; per prompt, the best and the worst
+    answer make a pair when they differ in text and in mean score by at least ``min_gap``.
+    """
+    by_id = {r["request_id"]: r for r in requests if r.get("status") == 200 and r.get("completion") is not None}
+    scores: dict[str, dict[str, list[float]]] = {}
+    for f in feedback:
+        r = by_id.get(f["request_id"])
+        if r is not None:
+            scores.setdefault(user_prompt(r["prompt"]), {}).setdefault(r["completion"].strip(), []).append(f["score"])
+    pairs = []
+    for prompt, answers in sorted(scores.items()):
+        mean = sorted(((sum(s) / len(s), a) for a, s in answers.items()), reverse=True)
+        (best, chosen), (worst, rejected) = mean[0], mean[-1]
+        if chosen != rejected and best - worst >= min_gap:
+            pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "kind": "feedback"})
+    return pairs
+
+
+def heldout_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                  references: list[str], max_new_tokens: int = 24) -> float:
+    """Mean token-F1 of the model's greedy answers to ``prompts`` against ``references`` (the gate's judge)."""
+    conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": ""}] for p in prompts]
+    answers = generate_answers(model, tokenizer, conversations, max_new_tokens)
+    return sum(token_f1(a, r) for a, r in zip(answers, references, strict=True)) / len(prompts)
+
+
+@dataclass
+class OnlineRound:
+    """What one online-learning round did and why."""
+
+    pairs: int
+    trained: bool
+    accepted: bool
+    reason: str
+    served_score: float | None = None
+    candidate_score: float | None = None
+    train_loss: float | None = None
+    seconds: float = 0.0
+
+
+def update_from_feedback(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: list[dict[str, str]],
+                         heldout_prompts: list[str], heldout_references: list[str], min_pairs: int = 16,
+                         max_steps: int = 10, learning_rate: float = 5e-3, beta: float = 0.1, tolerance: float = 0.0,
+                         seed: int = 0) -> tuple[PreTrainedModel | None, OnlineRound]:
+    """One gated round: DPO with LoRA on ``pairs`` (a copy of ``model``), merged; the candidate if it passes.
+
+    Returns ``(candidate, round)``; ``candidate`` is None when there were too few pairs or the gate
+    rejected it. ``model`` itself is never changed.
+    """
+    t0 = time.perf_counter()
+    if len(pairs) < min_pairs:
+        return None, OnlineRound(len(pairs), False, False, f"only {len(pairs)} feedback pairs; the minimum is {min_pairs}")
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory(prefix="dsnb-online-") as out:
+        cfg = FinetuneConfig(stage="dpo", method="lora", lora_r=16, lora_alpha=32, beta=beta, max_seq_len=128,
+                             max_steps=max_steps, per_device_batch_size=8, learning_rate=learning_rate,
+                             min_learning_rate=learning_rate / 10, warmup_steps=0, eval_steps=None, save_steps=None,
+                             logging_steps=max_steps, output_dir=out, seed=seed)
+        trainer = build_dpo_trainer(cfg, copy.deepcopy(model), tokenizer, preference_dataset(pairs), progress=False)
+        with warnings.catch_warnings():  # peft reads model.is_gradient_checkpointing, renamed in transformers 5
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            loss = trainer.train().training_loss
+    candidate = trainer.model.merge_and_unload().eval()
+    served = heldout_score(model, tokenizer, heldout_prompts, heldout_references)
+    new = heldout_score(candidate, tokenizer, heldout_prompts, heldout_references)
+    accepted = new >= served - tolerance
+    reason = (f"held-out token-F1 {new:.3f} vs {served:.3f} served: "
+              + ("not worse, swap it in" if accepted else "worse, keep the served model"))
+    return (candidate if accepted else None), OnlineRound(len(pairs), True, accepted, reason, served, new, loss,
+                                                          time.perf_counter() - t0)

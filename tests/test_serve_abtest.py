@@ -1,0 +1,81 @@
+"""A/B statistics checked against SciPy and hand cases; the per-request split's dilution; A/A false positives."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dsnb.serve import abtest
+
+stats = pytest.importorskip("scipy.stats")
+integrate = pytest.importorskip("scipy.integrate")
+
+
+@pytest.mark.parametrize("dof", [1, 2, 3, 4, 5, 8, 11])
+@pytest.mark.parametrize("x", [0.01, 0.5, 3.84, 10.0, 40.0])
+def test_chi2_tail_equals_scipy(dof, x):
+    assert abtest.chi2_sf(x, dof) == pytest.approx(stats.chi2.sf(x, dof), rel=1e-9, abs=1e-15)
+
+
+def test_srm_equals_scipy_chisquare_and_flags_a_broken_split():
+    counts = {"A": 5120, "B": 4880}
+    res = abtest.srm_test(counts, {"A": 0.5, "B": 0.5})
+    ref = stats.chisquare([5120, 4880], [5000, 5000])
+    assert res.chi2 == pytest.approx(ref.statistic) and res.p_value == pytest.approx(ref.pvalue)
+    assert not res.mismatch  # p = 0.016: unusual but above the 0.001 line
+    three = abtest.srm_test({"A": 700, "B": 200, "C": 100}, {"A": 0.6, "B": 0.3, "C": 0.1})
+    ref3 = stats.chisquare([700, 200, 100], [600, 300, 100])
+    assert three.p_value == pytest.approx(ref3.pvalue) and three.mismatch
+
+
+def test_two_proportion_test_equals_scipy_and_hand_case():
+    res = abtest.two_proportion_test(100, 1000, 130, 1000)
+    _, p, _, _ = stats.chi2_contingency([[100, 900], [130, 870]], correction=False)
+    assert res.p_value == pytest.approx(p, rel=1e-9)
+    pooled = 230 / 2000
+    assert res.z == pytest.approx(0.03 / math.sqrt(pooled * (1 - pooled) * 2 / 1000))
+    se = math.sqrt(0.1 * 0.9 / 1000 + 0.13 * 0.87 / 1000)
+    assert (res.ci_low, res.ci_high) == pytest.approx((0.03 - 1.959964 * se, 0.03 + 1.959964 * se), rel=1e-5)
+    assert res.relative_lift == pytest.approx(0.3) and res.significant
+    with pytest.raises(ValueError, match="successes"):
+        abtest.two_proportion_test(5, 4, 1, 10)
+
+
+def test_probability_b_beats_a_equals_numerical_integration():
+    sa, na, sb, nb = 40, 200, 55, 200
+    a, b = stats.beta(1 + sa, 1 + na - sa), stats.beta(1 + sb, 1 + nb - sb)
+    exact, _ = integrate.quad(lambda x: b.pdf(x) * a.cdf(x), 0, 1)
+    assert abtest.prob_b_beats_a(sa, na, sb, nb) == pytest.approx(exact, abs=0.005)
+
+
+def test_sample_size_formula_and_its_simulated_power():
+    n = abtest.sample_size(0.10, 0.20)
+    p1, p2, pbar = 0.10, 0.12, 0.11
+    za, zb = stats.norm.ppf(0.975), stats.norm.ppf(0.8)
+    expected = (za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2 / 0.02**2
+    assert n == math.ceil(expected)
+    assert abtest.simulated_power(0.10, 0.20, n, runs=1500) == pytest.approx(0.8, abs=0.04)
+    assert abtest.simulated_power(0.10, 0.20, n // 4, runs=1500) < 0.4
+    with pytest.raises(ValueError, match="differ"):
+        abtest.sample_size(0.1, 0.0)
+
+
+def test_per_request_split_dilutes_the_effect_and_mixes_users():
+    sticky = [abtest.simulate_split("sticky", seed=s, effect=0.05) for s in range(30)]
+    random_split = [abtest.simulate_split("per_request", seed=s, effect=0.05) for s in range(30)]
+    mean = lambda runs: sum(r.estimated_lift for r in runs) / len(runs)  # noqa: E731
+    assert mean(sticky) == pytest.approx(0.05, abs=0.012)  # unbiased
+    assert mean(random_split) == pytest.approx(0.05 * 0.2, abs=0.012)  # (0.6 - 0.4) of the effect with 5 requests
+    assert all(r.users_seeing_both == 0 for r in sticky)
+    assert random_split[0].users_seeing_both == pytest.approx(1 - 2 * 0.5**5, abs=0.02)
+    assert sum(r.p_value < 0.05 for r in sticky) > 2 * sum(r.p_value < 0.05 for r in random_split)
+
+
+def test_aa_false_positive_rate_is_near_alpha():
+    rate = abtest.aa_false_positive_rate(runs=300, users=1000)
+    assert 0.05 - 3 * math.sqrt(0.05 * 0.95 / 300) < rate < 0.05 + 3 * math.sqrt(0.05 * 0.95 / 300)
+
+
+def test_summarize_counts_successes_per_variant():
+    assert abtest.summarize([("A", 1.0), ("A", 0.0), ("B", 1.0)]) == {"A": (1, 2), "B": (1, 1)}

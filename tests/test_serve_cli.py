@@ -1,0 +1,56 @@
+"""``python -m dsnb.serve``: argument errors are explained; the model server starts from the command line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from dsnb.serve.__main__ import _variants, _weights, main
+
+
+def test_variant_and_weight_specs():
+    assert _variants(["A=http://h:1,http://h:2", "B=http://h:3"]) == {"A": ["http://h:1", "http://h:2"], "B": ["http://h:3"]}
+    assert _weights("A=90,B=10", ["A", "B"]) == {"A": 90.0, "B": 10.0}
+    assert _weights(None, ["A", "B"]) == {"A": 1.0, "B": 1.0}
+    with pytest.raises(SystemExit, match="NAME=URL"):
+        _variants(["http://h:1"])
+    with pytest.raises(SystemExit, match="NAME=NUMBER"):
+        _weights("A=ninety", ["A"])
+    with pytest.raises(SystemExit):
+        main(["gateway"])  # --variant is required
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_model_server_from_the_command_line(base_dir):
+    port = _free_port()
+    env = dict(os.environ, DSNB_API_KEY="k", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "dsnb.serve", "model", "--model", "dsnb-tiny", "--name", "m",
+                             "--version", "cli-v1", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}/v1/models"
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, headers={"Authorization": "Bearer k"}).json()["data"][0]["version"] == "cli-v1"
+    finally:
+        proc.terminate()
+        proc.wait(30)

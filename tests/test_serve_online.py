@@ -1,0 +1,58 @@
+"""Online learning: feedback -> preference pairs -> a gated DPO round that never touches the served model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dsnb.serve.online import feedback_pairs, update_from_feedback, user_prompt
+
+
+def _req(rid, prompt, answer, status=200):
+    return {"request_id": rid, "prompt": json.dumps([{"role": "user", "content": prompt}]), "completion": answer,
+            "status": status}
+
+
+def test_feedback_pairs_take_the_liked_and_the_disliked_answer_per_prompt():
+    requests = [_req("1", "p1", "good"), _req("2", "p1", "bad"), _req("3", "p1", "good"), _req("4", "p2", "only"),
+                _req("5", "p3", "x"), _req("6", "p3", "y"), _req("7", "p1", "err", status=500)]
+    feedback = [{"request_id": "1", "score": 1.0}, {"request_id": "2", "score": 0.0}, {"request_id": "3", "score": 1.0},
+                {"request_id": "4", "score": 1.0}, {"request_id": "5", "score": 0.6}, {"request_id": "6", "score": 0.4},
+                {"request_id": "7", "score": 1.0}, {"request_id": "unknown", "score": 1.0}]
+    pairs = feedback_pairs(requests, feedback)
+    assert pairs == [{"prompt": "p1", "chosen": "good", "rejected": "bad", "kind": "feedback"}]  # p3's gap is 0.2
+    assert len(feedback_pairs(requests, feedback, min_gap=0.1)) == 2
+    assert user_prompt("plain text") == "plain text"
+
+
+def test_too_few_pairs_do_not_train(base_dir):
+    from dsnb.model.load import base_model
+
+    model, tok = base_model(dtype=torch.float32)
+    candidate, rnd = update_from_feedback(model, tok, [{"prompt": "p", "chosen": "a", "rejected": "b"}], [], [],
+                                          min_pairs=16)
+    assert candidate is None and not rnd.trained and "minimum is 16" in rnd.reason
+
+
+@pytest.mark.parametrize(("tolerance", "accepted"), [(1.0, True), (-1.0, False)])
+def test_a_round_trains_a_copy_and_the_gate_decides(base_dir, corpus, tolerance, accepted):
+    from dsnb.data.preference import SUMMARY_INSTRUCTION, build_pairs
+    from dsnb.model.load import base_model
+
+    model, tok = base_model(dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pairs = build_pairs(corpus.pairs_in("train")[:8], ("other_summary",))
+    held = corpus.pairs_in("validation")[:4]
+    candidate, rnd = update_from_feedback(model, tok, pairs, [SUMMARY_INSTRUCTION + p.signature for p in held],
+                                          [p.summary for p in held], min_pairs=8, max_steps=1, tolerance=tolerance)
+    assert rnd.trained and rnd.accepted is accepted and rnd.pairs == 8
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the served model is untouched
+    if accepted:
+        after = candidate.state_dict()
+        assert set(after) == set(before)  # LoRA merged back: same parameter names as the served model
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+        assert "not worse" in rnd.reason
+    else:
+        assert candidate is None and "keep the served model" in rnd.reason
