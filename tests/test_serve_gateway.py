@@ -155,3 +155,25 @@ def test_backend_stopped_mid_run_requests_still_succeed(base_dir):
         s2.stop()
     assert first == after == [200] * 4
     assert served[s1.url] >= 1 and served[s2.url] >= 5  # both took traffic, then the survivor took the rest
+
+
+def test_simulated_users_are_reproducible_and_leave_feedback(servers, corpus, tmp_path):
+    from dsnb.serve.simulate import simulate_users, summary_questions
+
+    sa, sb = servers
+    questions = summary_questions(corpus.pairs_in("test")[:6])
+    runs = []
+    for k in range(2):
+        store = EventStore(f"sqlite:///{tmp_path / f'sim{k}.sqlite'}")
+        gw = Gateway(Experiment("exp", "s", {"A": 1, "B": 1}), {"A": [sa.url], "B": [sb.url]}, store=store,
+                     health_interval=3600)
+        with BackgroundServer(gw.app) as g:
+            rows = simulate_users(g.url, questions, users=5, requests_per_user=2, seed=3, workers=2, max_tokens=4)
+        store.close()
+        runs.append((rows, store))
+    rows, store = runs[0]
+    assert len(rows) == 10 and all(r["status"] == 200 for r in rows)
+    assert store.count("requests") == 10 and store.count("feedback") == 10
+    assert [(r["user"], r["variant"], r["liked"]) for r in rows] == [(r["user"], r["variant"], r["liked"])
+                                                                    for r in runs[1][0]]
+    assert all(0 <= r["quality"] <= 1 for r in rows)
