@@ -1,0 +1,1 @@
+"""Compression: GPTQ and round-to-nearest weight quantization, 4-bit storage, magnitude pruning (notebook 09)."""
