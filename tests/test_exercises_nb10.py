@@ -8,8 +8,8 @@ from dsnb.exercises import nb10
 
 
 def test_sample_size(capsys):
-    assert nb10.check_sample_size(24_200)
-    assert not nb10.check_sample_size(2_420)
+    assert nb10.check_sample_size(39_500)
+    assert not nb10.check_sample_size(3_950)
     assert not nb10.check_sample_size(None)
     assert "Hint" in capsys.readouterr().out
 

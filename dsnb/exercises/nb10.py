@@ -15,7 +15,7 @@ SOLUTIONS = Solutions("10")
 solution = SOLUTIONS.show
 
 
-def check_sample_size(answer: float | None, base_rate: float = 0.03, relative_lift: float = 0.15) -> bool:
+def check_sample_size(answer: float | None, base_rate: float = 0.04, relative_lift: float = 0.10) -> bool:
     """Exercise 1: users per variant to detect ``base_rate`` -> ``base_rate·(1 + lift)`` (α 0.05, power 0.8)."""
     return check_number("1 (users per variant)", answer, sample_size(base_rate, relative_lift), rel_tol=0.03,
                         hint="n = (z_{α/2}·√(2·p̄(1-p̄)) + z_β·√(p1(1-p1) + p2(1-p2)))² / (p2 - p1)², "
@@ -52,10 +52,10 @@ def check_tokens_in_budget(answer: float | None, model: str = "deepseek-coder-33
 
 @SOLUTIONS.register(1)
 def _solution_1() -> str:
-    p1, p2 = 0.03, 0.03 * 1.15
+    p1, p2 = 0.04, 0.04 * 1.10
     return f"""
-p1 = 0.03, p2 = 0.03 × 1.15 = {p2:.4f}, p̄ = {(p1 + p2) / 2:.5f}; z_{{α/2}} = 1.960, z_β = 0.842.
-n = (1.960·√(2·p̄(1-p̄)) + 0.842·√(p1(1-p1) + p2(1-p2)))² / (p2 - p1)² = {sample_size(p1, 0.15):,} users per variant
+p1 = 0.04, p2 = 0.04 × 1.10 = {p2:.4f}, p̄ = {(p1 + p2) / 2:.4f}; z_{{α/2}} = 1.960, z_β = 0.842.
+n = (1.960·√(2·p̄(1-p̄)) + 0.842·√(p1(1-p1) + p2(1-p2)))² / (p2 - p1)² = {sample_size(p1, 0.10):,} users per variant
 (dsnb.serve.abtest.sample_size). A small relative lift on a small base rate needs tens of thousands of
 users per arm: a shop's "+15% conversion" is only a result if the test had that many.
 """
