@@ -7,7 +7,6 @@ import math
 from collections import Counter
 
 import pytest
-from scipy.spatial.distance import jensenshannon
 
 from dsnb.checklist import checks
 from dsnb.checklist.shift import data_shift, js_divergence, total_variation, unigram_counts, unseen_share
@@ -19,6 +18,7 @@ def row(ids, labels):
 
 # ---- shift ----
 def test_js_divergence_equals_scipy():
+    jensenshannon = pytest.importorskip("scipy.spatial.distance").jensenshannon  # SciPy comes with the data extra
     p, q = Counter({"a": 5, "b": 3, "c": 2}), Counter({"a": 1, "b": 6, "d": 3})
     keys = sorted(p.keys() | q.keys())
     pv, qv = [p[k] for k in keys], [q[k] for k in keys]
