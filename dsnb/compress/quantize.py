@@ -43,8 +43,8 @@ class QuantizationResult:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        n_exp = sum(r["experts"] for r in self.rows)
-        return (f"{self.method} {self.bits}-bit g{self.group_size}: {len(self.rows)} weights ({n_exp} routed-expert "
+        n_exp = sum(q.codes.shape[0] for q in self.weights.values() if q.codes.dim() == 3)
+        return (f"{self.method} {self.bits}-bit g{self.group_size}: {len(self.weights)} weights ({n_exp} routed-expert "
                 f"slices), {len(self.fallback)} RTN fallbacks, {self.seconds:.1f} s")
 
 
