@@ -119,7 +119,8 @@ _LABELS = {"title": r"title\s*=|set_title\(|\.title\(|suptitle\(",
 
 
 def _called_dsnb_sources(cell) -> str:
-    """Source of every dsnb function the cell calls (a plotting helper may set the labels itself)."""
+    """Source of every dsnb function the cell calls (a plotting helper may set the labels itself), and the
+    module of every dsnb class it instantiates (a callback such as a live dashboard draws from there)."""
     public, out = _dsnb_public(), []
     for node in ast.walk(ast.parse(_python_source(cell))):
         if isinstance(node, ast.Call):
@@ -127,6 +128,8 @@ def _called_dsnb_sources(cell) -> str:
             obj = public.get(name)
             if inspect.isfunction(obj) and obj.__module__.startswith("dsnb"):
                 out.append(inspect.getsource(obj))
+            elif inspect.isclass(obj) and obj.__module__.startswith("dsnb"):
+                out.append(inspect.getsource(inspect.getmodule(obj)))
     return "\n".join(out)
 
 
