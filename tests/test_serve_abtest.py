@@ -79,3 +79,20 @@ def test_aa_false_positive_rate_is_near_alpha():
 
 def test_summarize_counts_successes_per_variant():
     assert abtest.summarize([("A", 1.0), ("A", 0.0), ("B", 1.0)]) == {"A": (1, 2), "B": (1, 1)}
+
+
+def test_msprt_hand_case_and_its_edge_cases():
+    pa, pb, n, tau = 0.20, 0.25, 1000, 0.05
+    var = pa * (1 - pa) / n + pb * (1 - pb) / n
+    by_hand = math.sqrt(var / (var + tau**2)) * math.exp(tau**2 * 0.05**2 / (2 * var * (var + tau**2)))
+    assert abtest.msprt(200, n, 250, n, tau) == pytest.approx(by_hand)
+    assert abtest.msprt(0, 0, 1, 1) == 1.0 and abtest.msprt(0, 10, 0, 10) == 1.0
+    assert abtest.msprt(200, 1000, 300, 1000) > 20  # a clear effect crosses 1/α = 20
+    assert abtest.msprt(200, 1000, 201, 1000) < 1  # no effect: the evidence stays below 1
+
+
+def test_peeking_inflates_the_z_test_but_not_the_msprt():
+    rates = abtest.peeking_false_positive_rate(runs=400, looks=20, users_per_look=100)
+    se = math.sqrt(0.05 * 0.95 / 400)
+    assert rates["peeking z-test"] > 0.05 + 4 * se  # looking 20 times and stopping at the first p < 0.05
+    assert rates["mSPRT"] <= 0.05 + 2 * se

@@ -6,6 +6,8 @@
   two-sided z-test (the same p-value as a 2×2 χ² test without continuity correction).
 - ``prob_b_beats_a``: the Beta-binomial posterior probability that B's rate is higher (uniform priors).
 - ``sample_size``: users per variant to detect a relative lift at a given α and power.
+- ``msprt``: the mixture sequential probability ratio (always-valid: look after every user and stop when
+  it reaches 1/α), and ``peeking_false_positive_rate``: what peeking does to the fixed-sample z-test.
 - ``simulate_split``: why the article's per-request ``random.random() < 0.5`` breaks an experiment
   (users see both variants and a per-user effect is diluted), against the sticky per-user hash.
 - ``aa_false_positive_rate``: A/A experiments (no true effect) flagged at level α, which should be ≈ α.
@@ -129,6 +131,38 @@ def simulated_power(base_rate: float, relative_lift: float, n_per_variant: int, 
     sb = rng.binomial(n_per_variant, base_rate * (1 + relative_lift), runs)
     return float(np.mean([two_proportion_test(int(a), n_per_variant, int(b), n_per_variant, alpha).significant
                           for a, b in zip(sa, sb, strict=True)]))
+
+
+def msprt(successes_a: int, n_a: int, successes_b: int, n_b: int, tau: float = 0.05) -> float:
+    """Mixture likelihood ratio Λ for "rate B ≠ rate A" (normal approximation, N(0, τ²) mixture over the difference).
+
+    Λ = √(V / (V + τ²)) · exp(τ² d² / (2 V (V + τ²))), with d = p̂_B - p̂_A and V its estimated variance
+    (Johari et al., "Always valid inference", 2017). Rejecting the first time Λ ≥ 1/α keeps the false-positive
+    rate at most α however often one looks; 1 / max Λ so far is the always-valid p-value.
+    """
+    if min(n_a, n_b) <= 0:
+        return 1.0
+    pa, pb = successes_a / n_a, successes_b / n_b
+    var = pa * (1 - pa) / n_a + pb * (1 - pb) / n_b
+    if var <= 0:
+        return 1.0
+    return math.sqrt(var / (var + tau**2)) * math.exp(tau**2 * (pb - pa) ** 2 / (2 * var * (var + tau**2)))
+
+
+def peeking_false_positive_rate(runs: int = 300, looks: int = 20, users_per_look: int = 100, rate: float = 0.2,
+                                alpha: float = 0.05, tau: float = 0.05, seed: int = 0) -> dict[str, float]:
+    """A/A experiments checked after every ``users_per_look`` users per arm: the share ever flagged by the
+    fixed-sample z-test (peeking) and by the mSPRT (Λ ≥ 1/α), which should stay at or below α."""
+    rng = np.random.default_rng(seed)
+    a = rng.binomial(users_per_look, rate, (runs, looks)).cumsum(1)
+    b = rng.binomial(users_per_look, rate, (runs, looks)).cumsum(1)
+    naive = sequential = 0
+    for r in range(runs):
+        ns = [users_per_look * (k + 1) for k in range(looks)]
+        naive += any(two_proportion_test(int(a[r, k]), n, int(b[r, k]), n, alpha).significant
+                     for k, n in enumerate(ns))
+        sequential += any(msprt(int(a[r, k]), n, int(b[r, k]), n, tau) >= 1 / alpha for k, n in enumerate(ns))
+    return {"peeking z-test": naive / runs, "mSPRT": sequential / runs}
 
 
 @dataclass
