@@ -158,8 +158,8 @@ def trainer_vs_loop(tok_len: int, blocks: torch.Tensor, cfg: pt.PretrainConfig, 
     out = {}
     model = _model(tok_len)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model=model, args=pt._training_args(tmp, small), train_dataset=pt._Blocks(blocks),
-                          eval_dataset=pt._Blocks(blocks[: cfg.batch_size]))  # never evaluated: eval_every is huge
+        trainer = Trainer(model=model, args=pt._training_args(tmp, small), train_dataset=pt.BlockDataset(blocks),
+                          eval_dataset=pt.BlockDataset(blocks[: cfg.batch_size]))  # never evaluated: eval_every is huge
         trainer.remove_callback(PrinterCallback)
         with _timed(out, "Trainer"):
             trainer.train()

@@ -15,19 +15,9 @@ import torch
 from transformers import PreTrainedModel, PrinterCallback
 
 from dsnb.model.arguments import course_training_arguments
+from dsnb.model.pretrain import BlockDataset
 from dsnb.train.distill import DistillationTrainer, shrink_model
 from dsnb.train.losses import CombinedLoss
-
-
-class _Blocks(torch.utils.data.Dataset):
-    def __init__(self, blocks: torch.Tensor):
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return self.blocks.shape[0]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
 
 
 def distil_on_blocks(teacher: PreTrainedModel, blocks: torch.Tensor, num_hidden_layers: int = 2,
@@ -43,7 +33,7 @@ def distil_on_blocks(teacher: PreTrainedModel, blocks: torch.Tensor, num_hidden_
                                          learning_rate=learning_rate, lr_scheduler_type="cosine",
                                          warmup_steps=max(1, steps // 10), save_strategy="no",
                                          logging_steps=max(1, steps // 4), seed=seed)
-        trainer = DistillationTrainer(model=student, args=args, train_dataset=_Blocks(blocks), teacher=teacher,
+        trainer = DistillationTrainer(model=student, args=args, train_dataset=BlockDataset(blocks), teacher=teacher,
                                       loss_fn=CombinedLoss(1.0 - kl_weight, kl_weight, temperature))
         trainer.remove_callback(PrinterCallback)  # no log dicts printed mid-run
         trainer.train()

@@ -115,7 +115,7 @@ class PretrainConfig:
     seed: int = 0
 
 
-class _Blocks(torch.utils.data.Dataset):
+class BlockDataset(torch.utils.data.Dataset):
     """Fixed-length blocks of token ids for causal LM training (labels = inputs)."""
 
     def __init__(self, blocks: torch.Tensor):
@@ -227,8 +227,8 @@ def pretrain(directory: str | Path, corpus: Corpus | None = None, cfg: PretrainC
         trainer = Trainer(
             model=model,
             args=_training_args(tmp, cfg),
-            train_dataset=_Blocks(train),
-            eval_dataset=_Blocks(val),
+            train_dataset=BlockDataset(train),
+            eval_dataset=BlockDataset(val),
             callbacks=[LineProgress("pretraining")] + ([balancer] if balancer else []),
         )
         trainer.remove_callback(PrinterCallback)  # LineProgress prints instead of a dict per log
