@@ -40,7 +40,7 @@ from dsnb.train.chat import chat_messages
 from dsnb.train.checkpoint import ManifestCallback
 from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, resolve_precision
 from dsnb.train.evaluation import generate_answers
-from dsnb.train.logs import logged
+from dsnb.train.logs import LoggedRun
 from dsnb.train.losses import dpo_loss, sequence_logps
 from dsnb.train.prepare import prepare_model
 
@@ -325,7 +325,7 @@ def head_to_head(first: list[str], second: list[str], references: list[str]) -> 
 
 
 @dataclass
-class DPOResult:
+class DPOResult(LoggedRun):
     """What ``run_dpo`` returns: the trained (LoRA) model, the pairs and everything measured."""
 
     model: nn.Module
@@ -336,15 +336,6 @@ class DPOResult:
     info: dict[str, Any]
     log_history: list[dict[str, Any]]
     seconds: float
-
-    @property
-    def train_losses(self) -> tuple[list[int], list[float]]:
-        """(steps, training loss) as logged."""
-        return logged(self.log_history, "loss")
-
-    def logged(self, key: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of one logged metric, e.g. ``rewards/accuracies`` or ``eval_rewards/margins``."""
-        return logged(self.log_history, key)
 
 
 def run_dpo(

@@ -48,7 +48,7 @@ from dsnb.train.chat import SFTData, data_collator, load_sft_data, to_dataset
 from dsnb.train.checkpoint import ManifestCallback, prepare_resume_on_main, remove_restored_on_main
 from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, launch_state, resolve_precision
 from dsnb.train.curriculum import CurriculumMixin, schedule_from_config
-from dsnb.train.logs import logged
+from dsnb.train.logs import LoggedRun, logged
 from dsnb.train.prepare import prepare_model
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def build_trainer(
 
 
 @dataclass
-class SFTResult:
+class SFTResult(LoggedRun):
     """What ``run_sft`` returns: the trained model and everything measured about the run."""
 
     model: nn.Module
@@ -117,11 +117,6 @@ class SFTResult:
     info: dict[str, Any]
     log_history: list[dict[str, Any]]
     seconds: float
-
-    @property
-    def train_losses(self) -> tuple[list[int], list[float]]:
-        """(steps, training loss) as logged."""
-        return logged(self.log_history, "loss")
 
     @property
     def eval_losses(self) -> tuple[list[int], list[float]]:
