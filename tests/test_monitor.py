@@ -155,3 +155,13 @@ def test_bad_settings_raise(tmp_path):
         TrainingMonitor(tiny_model(), tmp_path, histogram_every=0, write=False)
     with pytest.raises(ValueError, match="low < high"):
         TrainingMonitor(tiny_model(), tmp_path, grad_band=(1.3, 0.7), write=False)
+
+
+def test_calibrated_band_is_the_median_of_the_window_scaled_both_ways():
+    from dsnb.train.monitor import calibrated_band
+
+    points = [(1, 9.0), (2, 7.0), (3, 2.0), (4, 1.0), (5, 4.0), (6, 3.0), (7, 50.0)]
+    assert calibrated_band(points, after=2, steps=4) == (1.25, 5.0)  # median of 2, 1, 4, 3 is 2.5
+    assert calibrated_band(points, after=2, steps=3, factor=4) == (0.5, 8.0)  # median of 2, 1, 4
+    with pytest.raises(ValueError, match="steps 8..17"):
+        calibrated_band(points, after=7)

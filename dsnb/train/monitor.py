@@ -83,6 +83,23 @@ def imbalance(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return counts.max(dim=-1).values / mean, counts.std(dim=-1, unbiased=False) / mean
 
 
+def calibrated_band(grad_norms: list[tuple[int, float]], after: int, steps: int = 10,
+                    factor: float = 2.0) -> tuple[float, float]:
+    """An alert band for the raw gradient norm taken from a run itself (``TrainingMonitor(grad_band=...)``).
+
+    The median of the ``(step, norm)`` points in ``(after, after + steps]`` (the first steps after
+    warmup of a healthy run), divided and multiplied by ``factor``. Notebook 07 shows why a fixed
+    band such as 1.0 +- 0.3 does not carry over between models.
+    """
+    window = sorted(v for s, v in grad_norms if after < s <= after + steps)
+    if not window or factor <= 1:
+        raise ValueError(f"need gradient norms logged in steps {after + 1}..{after + steps} and a factor > 1 "
+                         f"(got {len(window)} points, factor {factor})")
+    mid = len(window) // 2
+    median = window[mid] if len(window) % 2 else (window[mid - 1] + window[mid]) / 2
+    return median / factor, median * factor
+
+
 @dataclass
 class Alert:
     """One alert: when, where, what."""
