@@ -48,6 +48,19 @@ def _chmod_like_new(path: str | Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
+def follow_umask(path: str | Path) -> None:
+    """Give ``path`` (a file) or every ``*.safetensors`` under it (a directory) the mode the umask gives new files.
+
+    safetensors' ``save_file`` (used by ``save_pretrained`` and the Trainer's checkpoints) creates its
+    file with mode 0600 whatever the umask, so a model shared by a team would be readable by its
+    writer only. dsnb calls this after every save it makes.
+    """
+    path = Path(path)
+    for file in ([path] if path.is_file() else path.rglob("*.safetensors")):
+        if file.is_file() and not file.is_symlink():
+            _chmod_like_new(file)
+
+
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Yield a file opened on a temporary name next to ``path``; on success it becomes ``path``.

@@ -18,6 +18,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from dsnb.cache import follow_umask
 from dsnb.compress.gptq import QuantizedWeight, dequantize_codes
 
 QUANT_CONFIG = "dsnb_quantization.json"
@@ -181,6 +182,7 @@ def save_quantized(model: PreTrainedModel, directory: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(out)
     save_model(model, str(out / "model.safetensors"))
+    follow_umask(out / "model.safetensors")
     tmp = out / (QUANT_CONFIG + ".tmp")
     tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(out / QUANT_CONFIG)

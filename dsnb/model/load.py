@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from dsnb.cache import follow_umask
 from dsnb.model.pretrain import TINY_MODEL_NAME, base_model_path
 
 logger = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ def save_tiny_random(
     if len(reloaded) != config.vocab_size:
         model.resize_token_embeddings(len(reloaded))
         model.save_pretrained(directory, safe_serialization=True)
+    follow_umask(directory)
     return directory
 
 

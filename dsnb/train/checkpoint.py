@@ -36,7 +36,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from dsnb.cache import TMP_SUFFIX, atomic_directory, atomic_file, write_json_atomic
+from dsnb.cache import TMP_SUFFIX, atomic_directory, atomic_file, follow_umask, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def write_manifest(checkpoint: str | Path, compress: bool = False, level: int = 
     checked.
     """
     checkpoint = Path(checkpoint)
+    follow_umask(checkpoint)  # the Trainer's safetensors are written 0600
     links = [p.relative_to(checkpoint).as_posix() for p in checkpoint.rglob("*") if p.is_symlink()]
     if links:
         raise CheckpointError(f"{checkpoint} contains symbolic links {links}; a checkpoint holds its own files only.")

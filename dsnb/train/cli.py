@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dsnb.cache import write_json_atomic
+from dsnb.cache import follow_umask, write_json_atomic
 from dsnb.train.config import FinetuneConfig
 from dsnb.train.sft import run_sft
 from dsnb.values import parse_value
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if result.trainer.is_world_process_zero():
         result.trainer.save_model(str(Path(cfg.output_dir) / "final"))
+        follow_umask(Path(cfg.output_dir) / "final")
         write_json_atomic(Path(cfg.output_dir) / RESULTS, results)
     return results
 

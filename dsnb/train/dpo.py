@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, TrainerCallback
 
-from dsnb.cache import atomic_directory, build_lock, cache_dir
+from dsnb.cache import atomic_directory, build_lock, cache_dir, follow_umask
 from dsnb.data.corpus import InstructionPair
 from dsnb.data.preference import KINDS, build_pairs, mix, preference_dataset, token_f1
 from dsnb.model.load import TINY_MODEL_NAME, load_model
@@ -70,6 +70,7 @@ def sft_model_path(rebuild: bool = False) -> Path:
             result = run_sft(cfg, progress=False)
             result.model.save_pretrained(tmp)
             result.tokenizer.save_pretrained(tmp)
+            follow_umask(tmp)
             import shutil
 
             shutil.rmtree(tmp / "run", ignore_errors=True)
