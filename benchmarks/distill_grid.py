@@ -87,6 +87,8 @@ def _result(args, argv, rows, test, base, student0, counts, reference, t0) -> di
 
     import torch
 
+    from dsnb.model.build import STAMP_KEY, build_stamp
+
     return {
         "what": "held-out answer loss / token accuracy of students trained with CombinedLoss(1-w, w, T); w=0 is CE alone",
         "command": "python benchmarks/distill_grid.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -99,6 +101,7 @@ def _result(args, argv, rows, test, base, student0, counts, reference, t0) -> di
         "rows": rows,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
+        STAMP_KEY: build_stamp(),
         "seconds": time.perf_counter() - t0,
     }
 

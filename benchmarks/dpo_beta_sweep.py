@@ -21,6 +21,7 @@ import torch
 from dsnb.cache import write_json_atomic
 from dsnb.data.corpus import course_corpus
 from dsnb.data.preference import mix
+from dsnb.model.build import STAMP_KEY, build_stamp
 from dsnb.train.config import FinetuneConfig
 from dsnb.train.dpo import (
     answer_accuracy,
@@ -82,7 +83,7 @@ def _write(out, splits, sft_acc: float, rows: list[dict]) -> None:
         "recipe": str(RECIPE.relative_to(ROOT)), "test pairs": len(splits.test), "train pairs": len(splits.train),
         "train mix": mix(splits.train), "test mix": mix(splits.test), "sft token accuracy": sft_acc,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "rows": sorted(rows, key=lambda r: r["beta"])})
+        STAMP_KEY: build_stamp(), "rows": sorted(rows, key=lambda r: r["beta"])})
 
 
 def _dataset(records):

@@ -73,6 +73,7 @@ def quantize() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from dsnb.compress.evaluate import calibration_blocks, heldout_blocks, perplexity
+    from dsnb.model.build import STAMP_KEY, build_stamp
     from dsnb.model.pretrain import base_model_path
 
     torch.manual_seed(0)
@@ -95,7 +96,8 @@ def quantize() -> None:
     _merge({"llmcompressor": {"version": llmcompressor.__version__, "transformers": transformers.__version__,
                               "torch": torch.__version__, "settings": SETTINGS, "fp32_perplexity": fp32,
                               "gptq_perplexity": perplexity(model, test), "seconds": seconds,
-                              "routed_experts_as_linear": experts}})
+                              "routed_experts_as_linear": experts},
+            STAMP_KEY: build_stamp(path)})
 
 
 if __name__ == "__main__":

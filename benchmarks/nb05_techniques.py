@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from dsnb.cache import write_json_atomic
     from dsnb.data.augment import WordNetUnavailable, wordnet_reader
     from dsnb.data.corpus import course_corpus
+    from dsnb.model.build import STAMP_KEY, build_stamp
     from dsnb.model.load import load_model
     from dsnb.model.pretrain import base_model_path
     from dsnb.train.adversarial import perturbed_loss
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.out, {
         "settings": {k: v for k, v in vars(args).items() if k != "out"}, "start": start, "runs": runs,
         "summary": summary, "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                                        "threads": torch.get_num_threads(), "processor": platform.machine()}})
+                                        "threads": torch.get_num_threads(), "processor": platform.machine()},
+        STAMP_KEY: build_stamp()})
     base_nll = summary["baseline"]["nll"]["mean"] if "baseline" in summary else None
     for name, s in summary.items():
         gap = f" ({s['nll']['mean'] - base_nll:+.3f} vs baseline)" if base_nll is not None else ""

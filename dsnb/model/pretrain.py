@@ -8,6 +8,9 @@
   report (held-out loss against the unigram entropy, curves, samples).
 - ``base_model_path`` builds it once and caches it (safetensors + config + tokenizer) under
   ``dsnb.cache_dir("base_model")``; a different corpus or recipe rebuilds it, never reuses it.
+- ``DSNB_BASE_SEED`` (default 0) picks the seed of the initial weights and the data order: another
+  value builds "another machine's" base model from the same recipe, which is how the course checks
+  that no notebook or test depends on the exact bits of one build (``make test-second-build``).
 
 Taught in notebook 01.
 """
@@ -17,9 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from dsnb.cache import atomic_directory, build_lock, cache_dir, write_json_atomic
+from dsnb.cache import atomic_directory, build_lock, cache_dir, follow_umask, write_json_atomic
 from dsnb.data.corpus import Corpus, course_corpus, unigram_entropy
 from dsnb.model.architecture import expert_load
 from dsnb.model.arguments import course_training_arguments
@@ -54,6 +58,23 @@ BUILD_INFO = "dsnb_build.json"
 
 
 REPORT = "pretraining_report.json"
+
+#: Environment variable with the base model's build seed (initial weights and data order).
+SEED_ENV = "DSNB_BASE_SEED"
+#: Seed of the validation and test blocks: fixed, so every build is evaluated on the same held-out text.
+EVAL_SEED = 0
+
+
+def build_seed() -> int:
+    """The base-model build seed: ``DSNB_BASE_SEED`` if set (an integer), else 0."""
+    raw = os.environ.get(SEED_ENV, "").strip()
+    if not raw:
+        return 0
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{SEED_ENV}={raw!r} is not an integer: unset it for the default build, "
+                         f"or set e.g. {SEED_ENV}=1 to build a second base model from the same recipe") from None
 
 
 def tiny_deepseek_config(**overrides: Any) -> DeepseekV3Config:
@@ -112,7 +133,8 @@ class PretrainConfig:
     #: DeepSeek-V3's balancing-bias step (``dsnb.model.routing.ExpertBiasBalancer``); DeepSeek used 0.001 over
     #: trillions of tokens, a 400-step run needs a larger step to balance at all. 0 turns balancing off.
     bias_update_rate: float = 0.005
-    seed: int = 0
+    #: initial weights and training-data order; the held-out blocks do not depend on it (``EVAL_SEED``)
+    seed: int = field(default_factory=build_seed)
 
 
 class BlockDataset(torch.utils.data.Dataset):
@@ -208,8 +230,8 @@ def pretrain(directory: str | Path, corpus: Corpus | None = None, cfg: PretrainC
     tokenizer = train_tokenizer(corpus.texts("train"), vocab_size=cfg.vocab_size)
     t_tok = time.perf_counter() - t0
     train = _shuffled(pack_texts(corpus.texts("train"), tokenizer, cfg.seq_len), cfg.seed)
-    val = _shuffled(pack_texts(corpus.texts("validation"), tokenizer, cfg.seq_len), cfg.seed)[: cfg.eval_blocks]
-    test = _shuffled(pack_texts(corpus.texts("test"), tokenizer, cfg.seq_len), cfg.seed)[: cfg.eval_blocks * 2]
+    val = _shuffled(pack_texts(corpus.texts("validation"), tokenizer, cfg.seq_len), EVAL_SEED)[: cfg.eval_blocks]
+    test = _shuffled(pack_texts(corpus.texts("test"), tokenizer, cfg.seq_len), EVAL_SEED)[: cfg.eval_blocks * 2]
 
     torch.manual_seed(cfg.seed)
     config = tiny_deepseek_config(
@@ -258,6 +280,7 @@ def pretrain(directory: str | Path, corpus: Corpus | None = None, cfg: PretrainC
         "samples": dict(zip(SAMPLE_PROMPTS, greedy_samples(model, tokenizer, SAMPLE_PROMPTS), strict=True)),
     }
     model.save_pretrained(directory, safe_serialization=True)
+    follow_umask(directory)
     save_tokenizer(tokenizer, directory)
     write_json_atomic(directory / REPORT, report)
     write_json_atomic(directory / BUILD_INFO, _build_key(corpus, cfg))
@@ -297,6 +320,15 @@ def base_model_path(rebuild: bool = False, cfg: PretrainConfig | None = None, co
         with atomic_directory(path) as tmp:
             pretrain(tmp, corpus, cfg)
     return path
+
+
+def cached_base_model_path() -> Path | None:
+    """The base model this machine has already built for today's recipe and corpus, or ``None`` (never builds)."""
+    path = cache_dir() / "base_model"
+    info = path / BUILD_INFO
+    if not info.is_file():
+        return None
+    return path if json.loads(info.read_text()) == _build_key(course_corpus(), PretrainConfig()) else None
 
 
 def pretraining_report(path: str | Path | None = None) -> dict:
