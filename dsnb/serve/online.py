@@ -17,20 +17,26 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import math
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dsnb.data.preference import preference_dataset, token_f1
+from dsnb.data.records import validate_record
 from dsnb.train.config import FinetuneConfig
 from dsnb.train.dpo import build_dpo_trainer
 from dsnb.train.evaluation import generate_answers
+
+logger = logging.getLogger(__name__)
 
 
 def user_prompt(stored: str) -> str:
@@ -46,6 +52,22 @@ def user_prompt(stored: str) -> str:
     return stored
 
 
+def _checked_rows(rows: Iterable[Mapping[str, Any]], what: str, numeric: tuple[str, ...] = ()) -> list[Mapping[str, Any]]:
+    """``rows`` as a list, each with a ``request_id`` and a finite number in each ``numeric`` field; else a
+    ``ValueError`` naming the row and the field (the event store never writes such rows: they come from elsewhere)."""
+    out = list(rows)
+    for i, row in enumerate(out, start=1):
+        if not isinstance(row, Mapping) or row.get("request_id") is None:
+            raise ValueError(f"{what} row {i}: missing 'request_id' ({row!r:.80}); each row needs the request_id "
+                             "the gateway returned (read the rows with the event store's reads)")
+        for name in numeric:
+            value = row.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{what} row {i} (request_id {row['request_id']!r}): {name!r} is {value!r}; "
+                                 "expected a finite number (e.g. 1.0 liked, 0.0 disliked)")
+    return out
+
+
 def feedback_pairs(requests: Iterable[Mapping[str, Any]], feedback: Iterable[Mapping[str, Any]],
                    min_gap: float = 0.5) -> list[dict[str, str]]:
     """Preference pairs (prompt, chosen, rejected) from request rows and feedback rows of the event store.
@@ -53,6 +75,7 @@ def feedback_pairs(requests: Iterable[Mapping[str, Any]], feedback: Iterable[Map
     Scores of the same answer to the same prompt are averaged; per prompt, the best and the worst
     answer make a pair when they differ in text and in mean score by at least ``min_gap``.
     """
+    requests, feedback = _checked_rows(requests, "request"), _checked_rows(feedback, "feedback", ("score",))
     by_id = {r["request_id"]: r for r in requests if r.get("status") == 200 and r.get("completion") is not None}
     scores: dict[str, dict[str, list[float]]] = {}
     for f in feedback:
@@ -71,9 +94,34 @@ def feedback_pairs(requests: Iterable[Mapping[str, Any]], feedback: Iterable[Map
 def heldout_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                   references: list[str], max_new_tokens: int = 24) -> float:
     """Mean token-F1 of the model's greedy answers to ``prompts`` against ``references`` (the gate's judge)."""
+    _check_heldout(prompts, references)
     conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": ""}] for p in prompts]
     answers = generate_answers(model, tokenizer, conversations, max_new_tokens)
     return sum(token_f1(a, r) for a, r in zip(answers, references, strict=True)) / len(prompts)
+
+
+def _check_heldout(prompts: list[str], references: list[str]) -> None:
+    if not prompts or len(prompts) != len(references):
+        raise ValueError(f"heldout_prompts ({len(prompts)}) and heldout_references ({len(references)}): the gate "
+                         "needs at least one held-out prompt with one reference answer each")
+
+
+def usable_pairs(pairs: Iterable[Any]) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """The pairs fit to train on, and how many were dropped for each reason.
+
+    A pair is dropped when ``dsnb.data.records.validate_record`` finds a problem with it as a
+    ``preference`` record: a missing or non-text ``prompt`` / ``chosen`` / ``rejected``, an empty one,
+    or ``chosen`` equal to ``rejected`` (nothing to prefer). Each reason names the field.
+    """
+    good: list[dict[str, str]] = []
+    dropped: Counter[str] = Counter()
+    for pair in pairs:
+        problems = validate_record(pair, "preference")
+        if problems:
+            dropped.update(problems)
+        else:
+            good.append(pair)
+    return good, dict(dropped)
 
 
 @dataclass
@@ -88,6 +136,7 @@ class OnlineRound:
     candidate_score: float | None = None
     train_loss: float | None = None
     seconds: float = 0.0
+    dropped: dict[str, int] = field(default_factory=dict)  # pairs left out, by reason (``usable_pairs``)
 
 
 def update_from_feedback(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: list[dict[str, str]],
@@ -97,11 +146,19 @@ def update_from_feedback(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     """One gated round: DPO with LoRA on ``pairs`` (a copy of ``model``), merged; the candidate if it passes.
 
     Returns ``(candidate, round)``; ``candidate`` is None when there were too few pairs or the gate
-    rejected it. ``model`` itself is never changed.
+    rejected it. ``model`` itself is never changed. Degenerate pairs (``usable_pairs``) are left out and
+    counted in ``round.dropped``; ``round.pairs`` is the number trained on.
     """
     t0 = time.perf_counter()
+    pairs, dropped = usable_pairs(pairs)
+    left_out = ""
+    if dropped:
+        left_out = f" ({sum(dropped.values())} dropped: " + "; ".join(f"{n}× {why}" for why, n in dropped.items()) + ")"
+        logger.warning("feedback pairs dropped before training:%s", left_out)
     if len(pairs) < min_pairs:
-        return None, OnlineRound(len(pairs), False, False, f"only {len(pairs)} feedback pairs; the minimum is {min_pairs}")
+        return None, OnlineRound(len(pairs), False, False, f"only {len(pairs)} usable feedback pairs{left_out}; the "
+                                 f"minimum is {min_pairs}", dropped=dropped)
+    _check_heldout(heldout_prompts, heldout_references)
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory(prefix="dsnb-online-") as out:
         cfg = FinetuneConfig(stage="dpo", method="lora", lora_r=16, lora_alpha=32, beta=beta, max_seq_len=128,
@@ -117,6 +174,6 @@ def update_from_feedback(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     new = heldout_score(candidate, tokenizer, heldout_prompts, heldout_references)
     accepted = new >= served - tolerance
     reason = (f"held-out token-F1 {new:.3f} vs {served:.3f} served: "
-              + ("not worse, swap it in" if accepted else "worse, keep the served model"))
+              + ("not worse, swap it in" if accepted else "worse, keep the served model") + left_out)
     return (candidate if accepted else None), OnlineRound(len(pairs), True, accepted, reason, served, new, loss,
-                                                          time.perf_counter() - t0)
+                                                          time.perf_counter() - t0, dropped)
