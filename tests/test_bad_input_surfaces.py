@@ -62,3 +62,78 @@ def test_an_empty_heldout_set_is_refused_before_training(base_dir):
         update_from_feedback(model, tok, pairs, [], [], min_pairs=2)
     with pytest.raises(ValueError, match=r"heldout_prompts \(2\) and heldout_references \(1\)"):
         heldout_score(model, tok, ["a", "b"], ["x"])
+
+
+# --- quantized checkpoints (notebook 09) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quantized_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dsnb.compress.qlinear import pack_model, save_quantized
+    from dsnb.compress.quantize import quantize_model
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64))
+    result = quantize_model(model, None, "rtn", bits=4, group_size=32)
+    directory = tmp_path_factory.mktemp("q") / "model"
+    save_quantized(pack_model(model, result.weights), directory)
+    return directory
+
+
+def _quant_copy(src, dst, change):
+    import shutil
+
+    from dsnb.compress.qlinear import QUANT_CONFIG
+
+    shutil.copytree(src, dst)
+    meta = dst / QUANT_CONFIG
+    if change == "not-json":
+        meta.write_text("{bits: 4")
+    elif change == "truncated":
+        weights = dst / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif change == "nan-scales":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(dst / "model.safetensors")
+        name = next(k for k in tensors if k.endswith("q_proj.scales"))
+        tensors[name][0, 0] = float("nan")
+        save_file(tensors, dst / "model.safetensors")
+    else:
+        info = json.loads(meta.read_text())
+        change(info)
+        meta.write_text(json.dumps(info))
+    return dst
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda i: i.update(bits="4"), r"dsnb_quantization.json: bits='4': expected a whole number from 1 to 8"),
+    (lambda i: i.update(group_size=0), r"dsnb_quantization.json: group_size=0: expected a whole number >= 1"),
+    (lambda i: i.pop("bits"), r"dsnb_quantization.json: missing field 'bits'"),
+    ("not-json", r"dsnb_quantization.json is not valid JSON"),
+    (lambda i: i["modules"].update({"model.layers.0.mlp.nonexistent": "linear"}),
+     r"dsnb_quantization.json: modules\['model.layers.0.mlp.nonexistent'\]: the model has no such module"),
+    (lambda i: i["modules"].update({"model.layers.0.mlp.up_proj": "ternary"}),
+     r"modules\['model.layers.0.mlp.up_proj'\]='ternary': expected 'linear' or 'experts'"),
+    ("truncated", r"model.safetensors is truncated or corrupt"),
+    ("nan-scales", r"model.safetensors: model.layers.0.self_attn.q_proj.scales holds 1 NaN or infinite value"),
+], ids=["bits-text", "group-size-0", "no-bits", "not-json", "unknown-module", "unknown-kind", "truncated",
+        "nan-scales"])
+def test_load_quantized_names_the_file_and_the_field(quantized_dir, tmp_path, change, match):
+    from dsnb.compress.qlinear import QuantizedLoadError, load_quantized
+
+    broken = _quant_copy(quantized_dir, tmp_path / "broken", change)
+    with pytest.raises(QuantizedLoadError, match=match) as info:
+        load_quantized(broken)
+    assert str(broken) in str(info.value)
+
+
+def test_load_quantized_still_loads_a_sound_checkpoint(quantized_dir):
+    from dsnb.compress.qlinear import QuantLinear, load_quantized
+
+    model = load_quantized(quantized_dir)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, QuantLinear)
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from dsnb.cache import follow_umask
 from dsnb.compress.gptq import QuantizedWeight, dequantize_codes
+from dsnb.model.load import ModelLoadError, _check_local_files
 
 QUANT_CONFIG = "dsnb_quantization.json"
 
@@ -189,23 +191,95 @@ def save_quantized(model: PreTrainedModel, directory: str | Path) -> Path:
     return out / "model.safetensors"
 
 
+class QuantizedLoadError(ModelLoadError):
+    """A checkpoint written by ``save_quantized`` cannot be loaded; the message names the file and the field."""
+
+
+def _read_layout(file: Path) -> dict:
+    """The quantization layout of ``file`` (``bits``, ``group_size``, ``modules``), every field checked."""
+    redo = "re-save the model with dsnb.compress.qlinear.save_quantized"
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QuantizedLoadError(f"{file} is not valid JSON ({exc}); {redo}") from None
+    if not isinstance(info, dict):
+        raise QuantizedLoadError(f"{file} must hold a JSON object with bits, group_size and modules, not a "
+                                 f"{type(info).__name__}; {redo}")
+    for key in ("bits", "group_size", "modules"):
+        if key not in info:
+            raise QuantizedLoadError(f"{file}: missing field {key!r}; {redo}")
+    bits, group_size, modules = info["bits"], info["group_size"], info["modules"]
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise QuantizedLoadError(f"{file}: bits={bits!r}: expected a whole number from 1 to 8 (the code width); "
+                                 f"{redo}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise QuantizedLoadError(f"{file}: group_size={group_size!r}: expected a whole number >= 1 (weights per "
+                                 f"scale); {redo}")
+    if not isinstance(modules, dict) or not modules:
+        raise QuantizedLoadError(f"{file}: modules={modules!r:.80}: expected a non-empty mapping of module name to "
+                                 f"'linear' or 'experts'; {redo}")
+    for name, kind in modules.items():
+        if kind not in ("linear", "experts"):
+            raise QuantizedLoadError(f"{file}: modules[{name!r}]={kind!r}: expected 'linear' or 'experts'; {redo}")
+    return info
+
+
+def _packed_module(model: nn.Module, name: str, kind: str, bits: int, group_size: int, file: Path) -> nn.Module:
+    """The empty packed module that replaces ``name`` (``QuantLinear`` or ``QuantExperts``)."""
+    try:
+        old = model.get_submodule(name)
+    except AttributeError:
+        raise QuantizedLoadError(f"{file}: modules[{name!r}]: the model has no such module (config.json describes "
+                                 f"a {model.config.model_type!r} model); the layout and config.json come from "
+                                 "different models: save them together again") from None
+    if kind == "experts":
+        if not hasattr(old, "gate_up_proj"):
+            raise QuantizedLoadError(f"{file}: modules[{name!r}]='experts' but it is a {type(old).__name__}, not "
+                                     "fused routed experts")
+        e, two_i, h = old.gate_up_proj.shape
+        return QuantExperts(e, h, two_i // 2, bits, group_size, old.act_fn)
+    if not isinstance(old, nn.Linear):
+        raise QuantizedLoadError(f"{file}: modules[{name!r}]='linear' but it is a {type(old).__name__}, not an "
+                                 "nn.Linear")
+    return QuantLinear(old.in_features, old.out_features, bits, group_size, old.bias is not None)
+
+
 def load_quantized(directory: str | Path) -> PreTrainedModel:
-    """Rebuild a model saved by ``save_quantized`` (architecture from its config, packed modules from the layout)."""
+    """Rebuild a model saved by ``save_quantized`` (architecture from its config, packed modules from the layout).
+
+    Every file is checked first: ``config.json`` and ``model.safetensors`` as ``dsnb.model.load`` checks
+    a checkpoint, the layout field by field, and the loaded tensors for NaN / inf (a NaN scale gives NaN
+    logits). Anything wrong raises ``QuantizedLoadError`` naming the file and the field. Notebook 09.
+    """
     path = Path(directory)
-    if not (path / QUANT_CONFIG).exists():
+    layout = path / QUANT_CONFIG
+    if not layout.is_file():
         raise FileNotFoundError(f"{path} has no {QUANT_CONFIG}: it was not written by dsnb.compress.qlinear.save_quantized")
-    info = json.loads((path / QUANT_CONFIG).read_text())
+    info = _read_layout(layout)
+    weights = path / "model.safetensors"
+    for needed in (path / "config.json", weights):
+        if not needed.is_file():
+            raise QuantizedLoadError(f"{needed} is missing: copy the whole directory save_quantized wrote")
+    try:
+        _check_local_files(path)
+    except ModelLoadError as exc:
+        raise QuantizedLoadError(str(exc)) from None
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
     bits, gs = info["bits"], info["group_size"]
     for name, kind in info["modules"].items():
-        old = model.get_submodule(name)
-        if kind == "experts":
-            e, two_i, h = old.gate_up_proj.shape
-            new: nn.Module = QuantExperts(e, h, two_i // 2, bits, gs, old.act_fn)
-        else:
-            new = QuantLinear(old.in_features, old.out_features, bits, gs, old.bias is not None)
-        _set_module(model, name, new)
-    load_model(model, str(path / "model.safetensors"), strict=True)
+        _set_module(model, name, _packed_module(model, name, kind, bits, gs, layout))
+    try:
+        load_model(model, str(weights), strict=True)
+    except RuntimeError as exc:
+        raise QuantizedLoadError(f"{weights} does not match {QUANT_CONFIG} and config.json ({exc}); save them "
+                                 "together again with save_quantized") from None
+    with safe_open(str(weights), framework="pt") as f:
+        stored = set(f.keys())
+    for name, tensor in model.state_dict().items():
+        if name in stored and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise QuantizedLoadError(f"{weights}: {name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''}: "
+                                     "the model would give NaN logits; quantize and save it again")
     model._dsnb_quantization = info
     return model.eval()
 
