@@ -137,3 +137,28 @@ def test_load_quantized_still_loads_a_sound_checkpoint(quantized_dir):
     model = load_quantized(quantized_dir)
     assert isinstance(model.model.layers[0].self_attn.q_proj, QuantLinear)
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+# --- record files (notebook 02) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "json"])
+@pytest.mark.parametrize("row, match", [
+    ('{"text": "deep", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", r"nested more than .* levels deep"),
+    ('{"text": "big", "n": ' + "7" * 5000 + "}", r"a number with more than 4300 digits"),
+    ('{"text": "half \\ud800 a pair"}', r"field 'text' holds a lone UTF-16 surrogate \\ud800"),
+    ('{"text": "ok", "meta": {"tags": ["a", "\\udfff"]}}', r"field 'meta.tags\[1\]' holds a lone UTF-16 surrogate"),
+], ids=["deep", "long-int", "surrogate", "nested-surrogate"])
+def test_hostile_json_values_are_reported_with_file_and_line(tmp_path, suffix, row, match):
+    from dsnb.data.records import DataValidationError, load_records
+
+    path = tmp_path / f"d.{suffix}"
+    lines = ['{"text": "fine"}', row, '{"text": "also fine"}']
+    body = "\n".join(lines) + "\n" if suffix == "jsonl" else "[\n" + ",\n".join(lines) + "\n]\n"
+    path.write_text(body)
+    line = 2 if suffix == "jsonl" else 3  # the array's "[" has a line of its own
+    with pytest.raises(DataValidationError, match=rf"d.{suffix}:{line}: {match}"):
+        load_records(path, "pretraining")
+    result = load_records(path, "pretraining", skip_bad_rows=True)
+    assert result.dataset["text"] == ["fine", "also fine"] and [e.line for e in result.errors] == [line]
+    assert result.rows_in == 3

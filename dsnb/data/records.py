@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,49 @@ def _not_utf8(exc: UnicodeDecodeError, where: str) -> str:
             "as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _Undecodable:
+    """A JSON value the standard decoder refused although it is well formed (too deep, a huge integer)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _decode_problem(exc: Exception) -> str:
+    """What is wrong with a JSON value that ``json`` could not turn into Python (not a syntax error)."""
+    if isinstance(exc, RecursionError):
+        return (f"nested more than about {sys.getrecursionlimit()} levels deep (lists or objects inside each other); "
+                "flatten the record")
+    if "digits" in str(exc):
+        return (f"a number with more than {sys.get_int_max_str_digits()} digits ({exc}); store such a value as a "
+                "string")
+    return f"invalid JSON value: {exc}"
+
+
+def _surrogate_problem(record: Any) -> str | None:
+    """The first field of a decoded record holding a lone UTF-16 surrogate (JSON's ``"\\ud800"`` escape alone),
+    which is not Unicode text: writing it as UTF-8 (Arrow, a tokenizer) fails. None if there is none."""
+    stack: list[tuple[str, Any]] = [("", record)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            bad = _SURROGATE.search(value)
+            if bad:
+                return (f"field {where or 'the record'!r} holds a lone UTF-16 surrogate \\u{ord(bad.group()):04x} "
+                        "(half of an escaped pair): not valid text; fix or remove that \\u escape")
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                name = f"{where}.{key}" if where else str(key)
+                if _SURROGATE.search(str(key)):
+                    return f"the key {name!r} holds a lone UTF-16 surrogate: not valid text; fix that \\u escape"
+                stack.append((name, item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
 def _jsonl_rows(path: Path) -> tuple[list[tuple[int, Any]], list[RecordError]]:
     """Records of a JSONL file, decoded line by line so that a bad byte is reported with its line."""
     rows, errors = [], []
@@ -179,9 +223,18 @@ def _jsonl_rows(path: Path) -> tuple[list[tuple[int, Any]], list[RecordError]]:
             if not line.strip():
                 continue  # blank lines are not records
             try:
-                rows.append((lineno, json.loads(line.rstrip("\r\n"))))
+                value = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 errors.append(RecordError(str(path), lineno, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+                continue
+            except (RecursionError, ValueError) as exc:
+                errors.append(RecordError(str(path), lineno, _decode_problem(exc)))
+                continue
+            problem = _surrogate_problem(value) if "\\u" in line else None
+            if problem:
+                errors.append(RecordError(str(path), lineno, problem))
+            else:
+                rows.append((lineno, value))
     return rows, errors
 
 
@@ -196,23 +249,66 @@ def _json_array_rows(path: Path) -> tuple[list[tuple[int, Any]], list[RecordErro
         return [], [RecordError(str(path), line, _not_utf8(exc, f"column {column}"))]
     rows = _array_elements(text)
     if rows is not None:
-        return rows, []
+        escapes = "\\u" in text
+        good, errors = [], []
+        for line, value in rows:
+            problem = value.problem if isinstance(value, _Undecodable) else (
+                _surrogate_problem(value) if escapes else None)
+            if problem:
+                errors.append(RecordError(str(path), line, problem))
+            else:
+                good.append((line, value))
+        return good, errors
     try:  # not a well-formed array: let the standard parser say what is wrong, and where
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return [], [RecordError(str(path), exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})")]
+    except (RecursionError, ValueError) as exc:
+        return [], [RecordError(str(path), 1, _decode_problem(exc))]
     if not isinstance(data, list):
         return [], [RecordError(str(path), 1, f"expected a top-level JSON array, got {type(data).__name__}")]
     return [(1, value) for value in data], []
 
 
 _SPACE = re.compile(r"[ \t\r\n]*")
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_PLAIN = re.compile(r'[^"\[\]{}]+')
+_SCALAR = re.compile(r"[^,\]}\s]+")
+
+
+def _value_end(text: str, pos: int) -> int | None:
+    """Where the JSON value starting at ``pos`` ends, found by counting brackets outside strings (no recursion:
+    for values the decoder refuses, so that the next element can still be read). None if it does not end."""
+    if text[pos] not in "[{":
+        scalar = _STRING.match(text, pos) if text[pos] == '"' else _SCALAR.match(text, pos)
+        return scalar.end() if scalar else None
+    depth = 0
+    while pos < len(text):
+        ch = text[pos]
+        if ch == '"':
+            string = _STRING.match(text, pos)
+            if string is None:
+                return None
+            pos = string.end()
+            continue
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth == 0:
+                return pos + 1
+        else:
+            pos = _PLAIN.match(text, pos).end()
+            continue
+        pos += 1
+    return None
 
 
 def _array_elements(text: str) -> list[tuple[int, Any]] | None:
     """Each element of the JSON array ``text`` with the line it starts on, in one pass (None if malformed).
 
     Newlines are counted from where the previous element started, so the whole file is scanned once.
+    A well-formed element the decoder refuses (nested too deeply, a huge integer) is an ``_Undecodable``.
     """
     decoder, rows = json.JSONDecoder(), []
     pos = _SPACE.match(text).end()
@@ -225,6 +321,11 @@ def _array_elements(text: str) -> list[tuple[int, Any]] | None:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError:
             return None
+        except (RecursionError, ValueError) as exc:
+            found = _value_end(text, pos)
+            if found is None:
+                return None
+            value, end = _Undecodable(_decode_problem(exc)), found
         line += text.count("\n", counted, pos)
         counted = pos
         rows.append((line, value))
