@@ -5,6 +5,7 @@ dropped without being counted."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -162,3 +163,68 @@ def test_hostile_json_values_are_reported_with_file_and_line(tmp_path, suffix, r
     result = load_records(path, "pretraining", skip_bad_rows=True)
     assert result.dataset["text"] == ["fine", "also fine"] and [e.line for e in result.errors] == [line]
     assert result.rows_in == 3
+
+
+# --- recipes (notebook 03) -------------------------------------------------------------------------
+
+FLOAT_FIELDS = ["learning_rate", "min_learning_rate", "max_grad_norm", "dropout", "label_smoothing", "weight_decay",
+                "bias_update_rate", "beta", "adversarial_epsilon", "augment_rate", "lora_dropout"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+def test_nan_and_inf_are_refused_in_every_number_field(name, value):
+    from dsnb.train.config import ConfigError, FinetuneConfig
+
+    with pytest.raises(ConfigError, match=rf"{name}: {value!r} is not a finite number"):
+        FinetuneConfig(**{name: value})
+
+
+def test_nan_from_yaml_or_set_fails_before_the_model_loads(tmp_path, monkeypatch):
+    from dsnb.train.cli import load_config, parse_overrides
+    from dsnb.train.config import ConfigError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rate: .nan\n")
+    with pytest.raises(ConfigError, match="learning_rate: nan is not a finite number"):
+        load_config(recipe)
+    recipe.write_text("max_steps: 3\n")
+    overrides = parse_overrides(["max_grad_norm=.inf"])
+    assert math.isinf(overrides["max_grad_norm"])
+    with pytest.raises(ConfigError, match="max_grad_norm: inf is not a finite number"):
+        load_config(recipe, overrides)
+
+
+@pytest.mark.parametrize("body, match", [
+    (b"", r"r.yaml is empty"),
+    (b"# only a comment\n", r"r.yaml is empty"),
+    (b"model: caf\xe9\n", r"r.yaml: not UTF-8 text \(.*byte 0xe9 at line 1, column 11\); re-save"),
+    (b"max_steps: [1\n", r"r.yaml: not valid YAML"),
+], ids=["empty", "comments-only", "latin1", "bad-yaml"])
+def test_recipe_files_that_are_not_recipes_name_the_file(tmp_path, body, match):
+    from dsnb.train.config import ConfigError, FinetuneConfig
+
+    (tmp_path / "r.yaml").write_bytes(body)
+    with pytest.raises(ConfigError, match=match):
+        FinetuneConfig.from_yaml(tmp_path / "r.yaml")
+    (tmp_path / "defaults.yaml").write_text("{}\n")  # the defaults, on purpose
+    assert FinetuneConfig.from_yaml(tmp_path / "defaults.yaml") == FinetuneConfig()
+
+
+def test_train_cli_refuses_a_missing_resume_checkpoint_before_loading(tmp_path, capsys, monkeypatch):
+    import dsnb.train.cli as cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(cli, "run_sft", refuse)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["configs/sft/tiny.yaml", "--resume", str(tmp_path / "nonexistent")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--resume {tmp_path / 'nonexistent'}: no such checkpoint directory" in err
+    assert "never completed" not in err
+    (tmp_path / "r.yaml").write_bytes(b"model: caf\xe9\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([str(tmp_path / "r.yaml")])
+    assert exit_.value.code == 2 and "r.yaml: not UTF-8 text" in capsys.readouterr().err

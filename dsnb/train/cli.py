@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dsnb.cache import follow_umask, write_json_atomic
-from dsnb.train.config import FinetuneConfig
+from dsnb.train.config import ConfigError, FinetuneConfig
 from dsnb.train.sft import run_sft
 from dsnb.values import parse_value
 
@@ -43,8 +43,23 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Fi
     return cfg.replace(**overrides) if overrides else cfg
 
 
+def check_resume(resume: str | None) -> None:
+    """``--resume``: ``auto`` or an existing checkpoint directory (checked before anything loads)."""
+    if resume is None or resume == "auto":
+        return
+    path = Path(resume)
+    if not path.exists():
+        raise ConfigError(f"--resume {resume}: no such checkpoint directory; pass --resume auto (the newest complete "
+                          "checkpoint in output_dir) or an existing output_dir/checkpoint-N directory")
+    if not path.is_dir():
+        raise ConfigError(f"--resume {resume}: is a file, not a checkpoint directory (checkpoint-N)")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run one fine-tuning from a YAML recipe; return (and on rank 0 save) the results."""
+    """Run one fine-tuning from a YAML recipe; return (and on rank 0 save) the results.
+
+    A recipe or ``--resume`` that cannot work exits with status 2 and a message naming the file or field.
+    """
     parser = argparse.ArgumentParser(prog="python -m dsnb.train", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="a YAML recipe, e.g. configs/sft/tiny.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -54,7 +69,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--log-level", default="WARNING")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=ns.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_config(ns.config, parse_overrides(ns.overrides))
+    try:
+        cfg = load_config(ns.config, parse_overrides(ns.overrides))
+        check_resume(ns.resume)
+    except ConfigError as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
     if cfg.stage == "dpo":  # preference tuning (notebook 06)
         from dsnb.train.dpo import run_dpo
 

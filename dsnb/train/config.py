@@ -13,6 +13,7 @@ Taught in notebook 03.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -164,13 +165,39 @@ class FinetuneConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> FinetuneConfig:
-        """Load a recipe such as ``configs/sft/tiny.yaml``."""
+        """Load a recipe such as ``configs/sft/tiny.yaml``.
+
+        A file that is not UTF-8, not YAML or empty raises ``ConfigError`` naming it (and the line); an
+        empty recipe is refused rather than read as "all defaults": write ``{}`` for that.
+        """
+        import yaml
+
+        from dsnb.data.records import _not_utf8
         from dsnb.values import load_yaml
 
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory, not a recipe file; pass a YAML file such as "
+                              "configs/sft/tiny.yaml")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; see configs/sft/ for examples")
-        values = load_yaml(path.read_text()) or {}
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise ConfigError(f"{path}: {_not_utf8(exc, f'line {line}, column {column}')}") from None
+        try:
+            values = load_yaml(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML ({getattr(exc, 'problem', None) or exc}{where}); compare it "
+                              "with configs/sft/tiny.yaml") from None
+        if values is None:
+            raise ConfigError(f"{path} is empty: write the recipe's keys (start from configs/sft/tiny.yaml), or "
+                              "'{}' to train on the defaults on purpose")
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys, not {type(values).__name__}")
         return cls.from_dict(values)
@@ -375,7 +402,8 @@ def check_fields(cfg: FinetuneConfig) -> None:
     """Every field against its annotation and its allowed range; ``ConfigError`` naming the field if not.
 
     ``packing: "false"`` (a quoted string that would read as true), ``max_steps: 10.7``, ``eval_steps: 0``
-    and negative rates are refused here instead of running something other than what was typed.
+    and negative rates are refused here instead of running something other than what was typed; so are NaN
+    and infinity in every number field (a range test such as ``value < low`` is False for NaN).
     """
     import typing
 
@@ -389,6 +417,9 @@ def check_fields(cfg: FinetuneConfig) -> None:
             continue
         if hints[f.name] in (float, float | None) and isinstance(value, int):
             setattr(cfg, f.name, value := float(value))
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{f.name}: {value!r} is not a finite number")
+            continue
         if f.name in _RANGES and value is not None:
             low, open_low, high = _RANGES[f.name]
             if value < low or (open_low and value == low) or (high is not None and value >= high):
