@@ -165,6 +165,53 @@ def test_hostile_json_values_are_reported_with_file_and_line(tmp_path, suffix, r
     assert result.rows_in == 3
 
 
+# --- the checklist (notebook 11) -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checklist_rows(tokenizer):
+    out = []
+    for t in ["def add(a, b):\n    return a + b", "Return the sum of two numbers."] * 4:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * 2 + ids[2:]})
+    return out
+
+
+def test_a_batch_and_sequence_the_model_cannot_take_fail(tmp_path, checklist_rows, tokenizer, base_dir):
+    from dsnb.checklist import run_checklist
+    from dsnb.model.load import base_model
+    from dsnb.train.config import FinetuneConfig
+
+    model, _ = base_model(dtype=torch.float32)
+    assert model.config.max_position_embeddings == 1024
+    cfg = FinetuneConfig(per_device_batch_size=10**9, max_seq_len=10**9, output_dir=str(tmp_path), eval_steps=None)
+    result = run_checklist(cfg, model, checklist_rows, tokenizer=tokenizer, processes=1, verbose=False)
+    seq = result.row("sequence length")
+    assert seq.status == "fail" and "max_seq_len=1000000000" in seq.reason and "1024 positions" in seq.reason
+    batch = result.row("batch vs processes")
+    assert batch.status == "fail" and "only 8 training rows" in batch.reason
+    assert result.row("gradient-norm stability").status == "n.a."  # not run: no 10^9-row step on this machine
+    fine = run_checklist(cfg.replace(per_device_batch_size=4, max_seq_len=128), model, checklist_rows,
+                         tokenizer=tokenizer, processes=1, verbose=False, measure_threads=False,
+                         measure_checkpoint=False, steps=2, window=2)
+    assert fine.row("sequence length").status == "pass" and fine.row("batch vs processes").status == "pass"
+
+
+def test_checklist_cli_reports_unusable_inputs_with_exit_2(tmp_path, capsys):
+    from dsnb.checklist.__main__ import main
+
+    (tmp_path / "bad.yaml").write_text("learning_rate: 1e-3\nmax_steps: [1\n")
+    assert main([str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'bad.yaml'}: not valid YAML" in err and "line 3" in err
+    assert main([str(tmp_path)]) == 2
+    assert "is a directory, not a recipe file" in capsys.readouterr().err
+    assert main(["configs/sft/tiny.yaml", "--reference", str(tmp_path / "missing.txt")]) == 2
+    assert f"--reference {tmp_path / 'missing.txt'}: no such file" in capsys.readouterr().err
+    assert main(["configs/sft/tiny.yaml", "--reference", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
 # --- recipes (notebook 03) -------------------------------------------------------------------------
 
 FLOAT_FIELDS = ["learning_rate", "min_learning_rate", "max_grad_norm", "dropout", "label_smoothing", "weight_decay",

@@ -15,7 +15,7 @@ from dsnb.model.pretrain import tiny_deepseek_config
 from dsnb.train.config import FinetuneConfig
 from dsnb.train.sft import build_trainer
 
-NAMES = ["data: rows", "labels not all -100", "batch vs processes", "learning rate", "warmup", "learning-rate floor",
+NAMES = ["data: rows", "labels not all -100", "batch vs processes", "sequence length ≤ context", "learning rate", "warmup", "learning-rate floor",
          "pad token ≠ EOS", "precision", "data shift (JS divergence)", "tokens unseen in the reference",
          "gradient-norm stability", "GPU utilisation", "GPU memory reserve", "torch.set_num_threads(4)",
          "Zstandard checkpoints"]

@@ -16,9 +16,27 @@ from pathlib import Path
 from dsnb.train.config import ConfigError
 
 
-def _reference(paths: list[str], model: str, limit: int) -> list[str] | None:
-    if paths:
-        return [Path(p).read_text(errors="replace") for p in paths]
+def read_references(paths: list[str]) -> list[str]:
+    """The ``--reference`` files as text; ``ConfigError`` naming one that is missing, a directory or not UTF-8."""
+    from dsnb.data.records import _not_utf8
+
+    texts = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            raise ConfigError(f"--reference {p}: is a directory; pass text files (one --reference per file)")
+        if not path.is_file():
+            raise ConfigError(f"--reference {p}: no such file")
+        try:
+            texts.append(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"--reference {p}: {_not_utf8(exc, f'byte {exc.start}')}") from None
+    return texts
+
+
+def _reference(texts: list[str], model: str, limit: int) -> list[str] | None:
+    if texts:
+        return texts
     from dsnb.model.pretrain import TINY_MODEL_NAME
 
     if model == TINY_MODEL_NAME:
@@ -29,7 +47,7 @@ def _reference(paths: list[str], model: str, limit: int) -> list[str] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the checklist on a recipe; return 0 if no check failed, 1 otherwise (2 for an unusable recipe)."""
+    """Run the checklist on a recipe; return 0 if no check failed, 1 otherwise (2 for an unusable recipe or reference file)."""
     from dsnb.train.cli import load_config, parse_overrides
 
     parser = argparse.ArgumentParser(prog="python -m dsnb.checklist", description=__doc__.splitlines()[0])
@@ -48,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=ns.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(ns.config, parse_overrides(ns.overrides))
+        references = read_references(ns.reference)
     except ConfigError as exc:
         print(f"python -m dsnb.checklist: {exc}", file=sys.stderr)
         return 2
@@ -65,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data = load_split(cfg, tokenizer, "train", min(ns.examples, cfg.train_examples or ns.examples))
     print(f"checklist: {ns.config}: {cfg.model}, {len(data)} training examples", flush=True)
-    result = run_checklist(cfg, model, data, _reference(ns.reference, cfg.model, 2000), tokenizer=tokenizer,
+    result = run_checklist(cfg, model, data, _reference(references, cfg.model, 2000), tokenizer=tokenizer,
                            processes=ns.processes, steps=ns.steps)
     return 0 if result.ok else 1
 

@@ -9,7 +9,8 @@ Thresholds and where they come from (claims C29–C31 of the article; the rest a
 fine-tuning pitfalls):
 
 - data shift < 0.30 (the article's "< 30%", read as a Jensen–Shannon divergence, see ``shift``);
-- the global batch a multiple of the process count (C30);
+- the global batch a multiple of the process count (C30), the per-device batch no larger than the data, and
+  the sequence length within the model's context window;
 - GPU utilisation > 80% (C30), sampled through NVML;
 - gradient norm stable (C30): coefficient of variation over the last steps < 0.3 (the same ±30% band the
   training monitor alerts on, notebook 07);
@@ -128,9 +129,19 @@ def check_shift(shift: Shift | None, reason: str = "no reference corpus given") 
 
 
 # ---- the recipe ----
-def check_batch(per_device: int, accumulation: int, processes: int, global_batch: int | None = None) -> CheckRow:
-    """C30: the global batch must be a multiple of the process count (and of per-device × processes)."""
+def check_batch(per_device: int, accumulation: int, processes: int, global_batch: int | None = None,
+                rows: int | None = None) -> CheckRow:
+    """C30: the global batch must be a multiple of the process count (and of per-device × processes).
+
+    With ``rows`` (the training rows at hand), a per-device batch larger than the data fails too: every
+    step would hold all the rows, not the batch the recipe's learning rate was chosen for.
+    """
     threshold = f"global batch divisible by {processes} process{'es' if processes > 1 else ''}"
+    if rows and per_device > rows:
+        return CheckRow("batch vs processes", "fail", f"per-device batch {per_device:,} > {rows:,} rows", threshold,
+                        f"per_device_batch_size={per_device:,} but only {rows:,} training rows: every step would hold "
+                        f"all {rows:,} rows, not the batch the recipe plans; lower per_device_batch_size (or check "
+                        "with more rows)", per_device)
     if global_batch is None:
         eff = per_device * accumulation * processes
         return CheckRow("batch vs processes", "pass", f"effective batch {eff} = {per_device} × {accumulation} × "
@@ -142,6 +153,24 @@ def check_batch(per_device: int, accumulation: int, processes: int, global_batch
                         str(exc), global_batch)
     return CheckRow("batch vs processes", "pass", f"global batch {global_batch} = {per_device} × {acc} × {processes}",
                     threshold, "each process gets the same share", global_batch)
+
+
+def check_sequence_length(max_seq_len: int | None, context: int | None, longest_row: int | None = None) -> CheckRow:
+    """The recipe's ``max_seq_len`` (or, without one, the longest row) within the model's context window."""
+    name = "sequence length ≤ context"
+    threshold = f"≤ {context:,} positions" if context else "≤ the model's context"
+    if not context:
+        return not_applicable(name, threshold, "the model's config gives no max_position_embeddings")
+    length = max_seq_len if max_seq_len is not None else longest_row
+    if length is None:
+        return not_applicable(name, threshold, "no rows with tokens (see the data check)")
+    what = f"max_seq_len={max_seq_len}" if max_seq_len is not None else f"the longest row ({longest_row} tokens)"
+    if length > context:
+        return CheckRow(name, "fail", f"{length:,} > {context:,}", threshold,
+                        f"{what} but the model has {context} positions: positions past them were never trained "
+                        f"(or do not exist); set max_seq_len to at most {context}", length)
+    return CheckRow(name, "pass", f"{length:,} of {context:,}", threshold, f"{what} fits the model's {context} positions",
+                    length)
 
 
 def lr_range(parameters: int, method: str) -> tuple[float, float]:

@@ -93,6 +93,7 @@ class _Plan:
     method: str
     precision: str | None
     precision_error: str | None
+    max_seq_len: int | None = None  # None (a Trainer): the longest row is checked instead
 
 
 def _plan_from_config(cfg: FinetuneConfig) -> _Plan:
@@ -104,7 +105,8 @@ def _plan_from_config(cfg: FinetuneConfig) -> _Plan:
         precision, error = None, str(exc)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else scaled_warmup_steps(cfg.max_steps)
     return _Plan(cfg.per_device_batch_size, cfg.gradient_accumulation_steps, cfg.global_batch_size,
-                 cfg.learning_rate, cfg.min_learning_rate, warmup, cfg.max_steps, cfg.method, precision, error)
+                 cfg.learning_rate, cfg.min_learning_rate, warmup, cfg.max_steps, cfg.method, precision, error,
+                 cfg.max_seq_len)
 
 
 def _plan_from_args(args: TrainingArguments, model: nn.Module) -> _Plan:
@@ -145,8 +147,11 @@ def static_rows(plan: _Plan, processes: int, model: nn.Module, tokenizer: Any, r
     """The checks that need no training run."""
     params = _parameters(model)
     cuda = torch.cuda.is_available()
+    lengths = [len(ids) for r in rows if (ids := checks._ids(r, "input_ids"))]
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     out = [checks.check_rows(rows), checks.check_labels(rows),
-           checks.check_batch(plan.per_device, plan.accumulation, processes, plan.global_batch),
+           checks.check_batch(plan.per_device, plan.accumulation, processes, plan.global_batch, len(rows)),
+           checks.check_sequence_length(plan.max_seq_len, context, max(lengths, default=None)),
            checks.check_learning_rate(plan.learning_rate, params, plan.method),
            checks.check_warmup(plan.warmup_steps, plan.max_steps),
            checks.check_floor(plan.min_learning_rate, plan.learning_rate),
