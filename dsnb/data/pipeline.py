@@ -67,6 +67,11 @@ class Metric:
     target: str = ""
     passed: bool | None = None
 
+    @property
+    def verdict(self) -> str:
+        """"pass" or "FAIL" against the target; "" for a metric without one."""
+        return "" if self.passed is None else ("pass" if self.passed else "FAIL")
+
 
 @dataclass
 class Dimension:
@@ -81,8 +86,13 @@ class Dimension:
     note: str = ""
 
 
-def _metric(name: str, value: float, target: str | None = None) -> Metric:
-    """A metric, judged against ``TARGETS[target or name]`` when the article sets a target for it."""
+def judge_metric(name: str, value: float, target: str | None = None) -> Metric:
+    """A metric, judged against ``TARGETS[target or name]`` when the article sets a target for it.
+
+    The one rule behind every pass/FAIL of notebook 02 (its own verdicts call it too): ``target`` names
+    the article's threshold to apply when the metric's ``name`` differs, e.g. the duplicate rate of raw
+    data judged against the ``"duplicate rate after"`` target.
+    """
     target = target or name
     if target not in TARGETS:
         return Metric(name, float(value))
@@ -124,11 +134,11 @@ def text_dimension(corpus: Corpus, cfg: PipelineConfig) -> tuple[Dimension, dict
     entities = _timed(sec, "entity recognition", lexical.entity_counts, kept)
     dim = Dimension("domain text", len(texts), len(kept),
                     {f"{k} duplicate": v for k, v in result.removed_by_kind().items()}, seconds=sec)
-    dim.metrics = [_metric("duplicate rate before", result.rate_before),
-                   _metric("duplicate rate after", result.rate_after or 0.0),
-                   _metric("type/token ratio (MATTR, 500)", profile["mattr_500"]),
-                   _metric("median length (tokens)", profile["tokens_median"]),
-                   _metric("entities per text", sum(entities.values()) / max(len(kept), 1))]
+    dim.metrics = [judge_metric("duplicate rate before", result.rate_before),
+                   judge_metric("duplicate rate after", result.rate_after or 0.0),
+                   judge_metric("type/token ratio (MATTR, 500)", profile["mattr_500"]),
+                   judge_metric("median length (tokens)", profile["tokens_median"]),
+                   judge_metric("entities per text", sum(entities.values()) / max(len(kept), 1))]
     return dim, {"docs": docs, "result": result, "profile": profile, "entities": entities}
 
 
@@ -155,15 +165,15 @@ def dialogue_dimension(corpus: Corpus, cfg: PipelineConfig) -> tuple[Dimension, 
                     {f"response score < {cfg.min_response_score}": len(flagged),
                      "too similar to recent queries (diversity filter)": len(good) - len(kept)}, seconds=sec)
     dim.metrics = [
-        _metric("intent accuracy, held-out queries", intent.accuracy),
-        _metric("intent accuracy, unseen templates", unseen.accuracy),
-        _metric("bad responses caught (recall)", len(flagged & corrupted) / max(len(corrupted), 1)),
-        _metric("flagged responses that were bad (precision)", len(flagged & corrupted) / max(len(flagged), 1)),
-        _metric(f"distinct-1 before filter (per batch of {b})", dialogue.batch_distinct_n(
+        judge_metric("intent accuracy, held-out queries", intent.accuracy),
+        judge_metric("intent accuracy, unseen templates", unseen.accuracy),
+        judge_metric("bad responses caught (recall)", len(flagged & corrupted) / max(len(corrupted), 1)),
+        judge_metric("flagged responses that were bad (precision)", len(flagged & corrupted) / max(len(flagged), 1)),
+        judge_metric(f"distinct-1 before filter (per batch of {b})", dialogue.batch_distinct_n(
             [dials[i].query for i in good], 1, batch=b)),
-        _metric(f"distinct-1 (per batch of {b})", dialogue.batch_distinct_n(kept_q, 1, batch=b), "distinct-1 per batch"),
-        _metric(f"distinct-2 (per batch of {b})", dialogue.batch_distinct_n(kept_q, 2, batch=b), "distinct-2 per batch"),
-        _metric("distinct-1 over the whole kept set", dialogue.distinct_n(kept_q, 1)),
+        judge_metric(f"distinct-1 (per batch of {b})", dialogue.batch_distinct_n(kept_q, 1, batch=b), "distinct-1 per batch"),
+        judge_metric(f"distinct-2 (per batch of {b})", dialogue.batch_distinct_n(kept_q, 2, batch=b), "distinct-2 per batch"),
+        judge_metric("distinct-1 over the whole kept set", dialogue.distinct_n(kept_q, 1)),
     ]
     return dim, {"dialogues": dials, "intent": intent, "unseen": unseen, "scores": scores, "kept": kept}
 
@@ -185,9 +195,9 @@ def code_dimension(corpus: Corpus, cfg: PipelineConfig, extra_sources: dict[str,
     dim = Dimension("code", len(res.chunks) + len(res.rejects), len(subset), removed, seconds=sec,
                     note=f"{res.files_in} files; kept = the complexity > {cfg.complexity_above} subset")
     cx = [c.complexity for c in res.chunks]
-    dim.metrics = [_metric("mean complexity of all chunks", sum(cx) / max(len(cx), 1)),
-                   _metric("share of all chunks with complexity > 3", len(subset) / max(len(cx), 1)),
-                   _metric("min complexity in the subset", min((c.complexity for c in subset), default=0))]
+    dim.metrics = [judge_metric("mean complexity of all chunks", sum(cx) / max(len(cx), 1)),
+                   judge_metric("share of all chunks with complexity > 3", len(subset) / max(len(cx), 1)),
+                   judge_metric("min complexity in the subset", min((c.complexity for c in subset), default=0))]
     return dim, {"result": res, "subset": subset}
 
 
@@ -213,8 +223,8 @@ def image_text_dimension(corpus: Corpus, cfg: PipelineConfig) -> tuple[Dimension
     dim = Dimension("image-text", len(pairs), len(kept), removed, seconds=sec,
                     note=f"OCR is slow: a seeded subsample of {len(pairs)} snippets, "
                          f"{sum(s < 1 for s in scales)} rendered degraded (scale {cfg.degraded_scale})")
-    dim.metrics = [_metric("mean CER of all pairs", sum(p.cer for p in pairs) / max(len(pairs), 1)),
-                   _metric("mean CER of kept pairs", sum(p.cer for p in kept) / max(len(kept), 1))]
+    dim.metrics = [judge_metric("mean CER of all pairs", sum(p.cer for p in pairs) / max(len(pairs), 1)),
+                   judge_metric("mean CER of kept pairs", sum(p.cer for p in kept) / max(len(kept), 1))]
     return dim, {"pairs": pairs, "scales": scales, "skipped": False}
 
 
@@ -240,7 +250,7 @@ def quality_tables(result: PipelineResult):
     out = {}
     for name, d in result.dimensions.items():
         rows = [{"metric": m.metric, "value": round(m.value, 4), "target": m.target,
-                 "verdict": "" if m.passed is None else ("pass" if m.passed else "FAIL")} for m in d.metrics]
+                 "verdict": m.verdict} for m in d.metrics]
         df = pd.DataFrame(rows or [{"metric": "(skipped)", "value": float("nan"), "target": "", "verdict": ""}])
         df.insert(0, "rows kept", d.rows_kept)
         df.insert(0, "rows in", d.rows_in)
@@ -258,7 +268,7 @@ def summary_table(result: PipelineResult):
             if m.passed is not None:
                 rows.append({"dimension": d.name, "rows in": d.rows_in, "rows kept": d.rows_kept,
                              "metric": m.metric, "value": round(m.value, 4), "target": m.target,
-                             "verdict": "pass" if m.passed else "FAIL"})
+                             "verdict": m.verdict})
         if not d.metrics:
             rows.append({"dimension": d.name, "rows in": d.rows_in, "rows kept": d.rows_kept,
                          "metric": "(skipped)", "value": float("nan"), "target": "", "verdict": d.note})
