@@ -275,3 +275,40 @@ def test_train_cli_refuses_a_missing_resume_checkpoint_before_loading(tmp_path, 
     with pytest.raises(SystemExit) as exit_:
         cli.main([str(tmp_path / "r.yaml")])
     assert exit_.value.code == 2 and "r.yaml: not UTF-8 text" in capsys.readouterr().err
+
+
+# --- the serving command line and the estimator (notebooks 10 and 00) --------------------------------
+
+
+def test_gateway_refuses_a_database_in_a_missing_directory(tmp_path, monkeypatch):
+    import re
+
+    import uvicorn
+
+    from dsnb.serve.__main__ import main
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the gateway started"))
+    missing = tmp_path / "no-such-dir" / "events.sqlite"
+    with pytest.raises(SystemExit, match=re.escape(f"--database {missing}: the directory {missing.parent} does not")):
+        main(["gateway", "--variant", "A=http://127.0.0.1:8001", "--database", str(missing)])
+    with pytest.raises(SystemExit, match=re.escape(f"--database {tmp_path}: is a directory")):
+        main(["gateway", "--variant", "A=http://127.0.0.1:8001", "--database", str(tmp_path)])
+
+
+@pytest.mark.parametrize("spec", ["A=not-a-url", "A=ftp://h:1", "A=http://", "A=http://h:notaport",
+                                  "A=http://127.0.0.1:8001,localhost:8002"])
+def test_gateway_refuses_variants_that_are_not_urls(spec):
+    from dsnb.serve.__main__ import _variants
+
+    with pytest.raises(SystemExit, match=r"--variant .*is not an http\(s\) URL.*e.g. A=http://127.0.0.1:8001"):
+        _variants([spec])
+
+
+@pytest.mark.parametrize("gpu", [float("inf"), float("nan")])
+def test_fits_refuses_an_infinite_gpu(gpu):
+    from dsnb.plan.hardware import fits
+
+    with pytest.raises(ValueError, match="GPU memory must be a positive, finite number of GiB"):
+        fits({"vocab_size": 32000, "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "intermediate_size": 11008}, gpu=gpu)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import itertools
+import math
 import os
 import platform
 from collections.abc import Callable
@@ -254,6 +255,8 @@ def fits(model: Any, plan: TrainingPlan | None = None, gpu: str | GPUSpec | floa
     (CPU RAM of the machine, all GPUs together), a change whose CPU offload needs more is skipped;
     the row always shows the CPU RAM an offloading plan needs.
     """
+    if isinstance(gpu, float) and not math.isfinite(gpu):  # int(inf * GiB) would raise OverflowError
+        raise ValueError(f"gpu={gpu!r}: GPU memory must be a positive, finite number of GiB (e.g. 80)")
     spec = gpu_spec(gpu)
     plan = replace(plan or TrainingPlan(), **changes)
     shape = _as_shape(model)

@@ -14,18 +14,61 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from dsnb.serve.store import EventStore
 
 API_KEY_ENV = "DSNB_API_KEY"
 
 
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _variants(specs: list[str]) -> dict[str, list[str]]:
+    """``--variant NAME=URL[,URL...]`` specs as {name: [backend URL, ...]}; every URL must be http(s)://HOST[:PORT]."""
     pools: dict[str, list[str]] = {}
     for spec in specs:
         name, sep, urls = spec.partition("=")
         if not sep or not name or not urls:
             raise SystemExit(f"--variant {spec!r}: write NAME=URL[,URL...], e.g. A=http://127.0.0.1:8001")
-        pools.setdefault(name, []).extend(u for u in urls.split(",") if u)
+        for url in (u for u in urls.split(",") if u):
+            if not _is_http_url(url):
+                raise SystemExit(f"--variant {spec!r}: {url!r} is not an http(s) URL of a model server; write "
+                                 "NAME=URL[,URL...], e.g. A=http://127.0.0.1:8001")
+            pools.setdefault(name, []).append(url)
     return pools
+
+
+def _open_store(database: str) -> EventStore:
+    """The gateway's event store: ``$DATABASE_URL``, else the SQLite file ``database`` (its directory must exist)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dsnb.serve.store import DATABASE_ENV, EventStore, database_url
+
+    if not os.environ.get(DATABASE_ENV):
+        path = Path(database)
+        if path.is_dir():
+            raise SystemExit(f"--database {database}: is a directory; give the SQLite file, e.g. {path / 'events.sqlite'}")
+        if not path.parent.is_dir():
+            raise SystemExit(f"--database {database}: the directory {path.parent} does not exist; create it "
+                             "(mkdir -p) or choose another path")
+    url = database_url(database)
+    try:
+        return EventStore(url)
+    except SQLAlchemyError as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise SystemExit(f"cannot open the event store at {shown}: {getattr(exc, 'orig', None) or exc}; check "
+                         f"--database or ${DATABASE_ENV}") from None
 
 
 def _weights(spec: str | None, variants: list[str]) -> dict[str, float]:
@@ -75,11 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from dsnb.serve.cache import make_cache
         from dsnb.serve.gateway import Experiment, Gateway
-        from dsnb.serve.store import EventStore, database_url
 
         pools = _variants(args.variant)
         experiment = Experiment(args.experiment, args.salt, _weights(args.weights, list(pools)))
-        store = EventStore(database_url(args.database))
+        store = _open_store(args.database)
         app = Gateway(experiment, pools, make_cache(args.cache_ttl), store, backend_api_key=api_key).app
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
