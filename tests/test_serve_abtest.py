@@ -83,7 +83,8 @@ def test_summarize_counts_successes_per_variant():
 
 def test_msprt_hand_case_and_its_edge_cases():
     pa, pb, n, tau = 0.20, 0.25, 1000, 0.05
-    var = pa * (1 - pa) / n + pb * (1 - pb) / n
+    pooled = (pa + pb) / 2
+    var = pooled * (1 - pooled) * 2 / n  # the variance of p̂_B - p̂_A if the rates were equal
     by_hand = math.sqrt(var / (var + tau**2)) * math.exp(tau**2 * 0.05**2 / (2 * var * (var + tau**2)))
     assert abtest.msprt(200, n, 250, n, tau) == pytest.approx(by_hand)
     assert abtest.msprt(0, 0, 1, 1) == 1.0 and abtest.msprt(0, 10, 0, 10) == 1.0
@@ -96,3 +97,40 @@ def test_peeking_inflates_the_z_test_but_not_the_msprt():
     se = math.sqrt(0.05 * 0.95 / 400)
     assert rates["peeking z-test"] > 0.05 + 4 * se  # looking 20 times and stopping at the first p < 0.05
     assert rates["mSPRT"] <= 0.05 + 2 * se
+
+
+def test_srm_tests_every_planned_variant_counting_missing_ones_as_zero():
+    """value_counts() drops a variant nobody reached: it must still be tested, as 0 users."""
+    res = abtest.srm_test({"A": 500, "B": 500}, {"A": 1, "B": 1, "C": 1})
+    ref = stats.chisquare([500, 500, 0])
+    assert res.counts == {"A": 500, "B": 500, "C": 0}
+    assert res.chi2 == pytest.approx(ref.statistic) and res.p_value == pytest.approx(ref.pvalue, rel=1e-6)
+    assert res.p_value < 1e-100 and res.mismatch
+
+
+def test_srm_with_every_user_in_one_arm_is_a_mismatch_not_an_error():
+    res = abtest.srm_test({"B": 1000}, {"A": 0.5, "B": 0.5})
+    ref = stats.chisquare([0, 1000])
+    assert res.counts == {"A": 0, "B": 1000}
+    assert res.chi2 == pytest.approx(ref.statistic) and res.p_value == pytest.approx(ref.pvalue, rel=1e-9)
+    assert res.mismatch
+
+
+def test_srm_flags_users_in_a_variant_planned_at_weight_zero():
+    res = abtest.srm_test({"A": 500, "B": 490, "C": 3}, {"A": 1, "B": 1, "C": 0})
+    assert res.unplanned == {"C": 3} and res.mismatch  # C should have had no users at all
+    assert res.expected["C"] == 0 and res.p_value == pytest.approx(stats.chisquare([500, 490]).pvalue)
+    clean = abtest.srm_test({"A": 500, "B": 490, "C": 0}, {"A": 1, "B": 1, "C": 0})
+    assert clean.unplanned == {} and not clean.mismatch
+    with pytest.raises(ValueError, match=r"not in the plan: \['D'\]"):
+        abtest.srm_test({"A": 5, "D": 1}, {"A": 1, "B": 1})
+    with pytest.raises(ValueError, match="at least one user"):
+        abtest.srm_test({}, {"A": 1, "B": 1})
+
+
+def test_msprt_sees_a_difference_when_one_arm_has_no_spread():
+    """0/50 against 50/50: the plug-in variance of each arm is 0, which must not read as "no evidence"."""
+    assert abtest.msprt(0, 50, 50, 50) >= 20
+    assert abtest.msprt(0, 10, 10, 10) > 1
+    assert abtest.msprt(0, 10, 0, 10) == 1.0  # no difference and no spread: no evidence either way
+

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
@@ -48,25 +48,49 @@ def chi2_sf(x: float, dof: int) -> float:
 
 @dataclass
 class SRMResult:
-    """Sample-ratio-mismatch check: the χ² statistic, its p-value and whether it flags the split."""
+    """Sample-ratio-mismatch check: the χ² statistic, its p-value and whether it flags the split.
+
+    ``counts`` holds every planned variant (0 where nobody arrived); ``unplanned`` the users found in a
+    variant planned at weight 0, which flag the split whatever the p-value.
+    """
 
     counts: dict[str, int]
     expected: dict[str, float]
     chi2: float
     p_value: float
     mismatch: bool
+    unplanned: dict[str, int] = field(default_factory=dict)
 
 
 def srm_test(counts: Mapping[str, int], weights: Mapping[str, float], threshold: float = 0.001) -> SRMResult:
-    """χ² goodness of fit of ``counts`` (users per variant) against the planned ``weights``."""
-    total_w = sum(weights[k] for k in counts)
-    n = sum(counts.values())
-    if n == 0 or total_w <= 0:
-        raise ValueError("srm_test needs at least one user and positive weights for the variants counted")
-    expected = {k: n * weights[k] / total_w for k in counts}
-    chi2 = sum((counts[k] - expected[k]) ** 2 / expected[k] for k in counts)
-    p = chi2_sf(chi2, len(counts) - 1)
-    return SRMResult(dict(counts), expected, chi2, p, p < threshold)
+    """χ² goodness of fit of ``counts`` (users per variant) against the planned ``weights``.
+
+    Every variant in ``weights`` is tested: one missing from ``counts`` (``value_counts()`` drops variants
+    nobody reached) counts as 0 users, which is the strongest evidence of a broken split, not the absence
+    of it. The χ² runs over the variants with a positive weight; users in a variant planned at 0 are listed
+    in ``unplanned`` and flag the split on their own.
+    """
+    stray = sorted(set(counts) - set(weights))
+    if stray:
+        raise ValueError(f"counts name variants that are not in the plan: {stray}; pass the weights the experiment "
+                         "ran with, every variant included (one planned to get no users has weight 0)")
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"weights must be >= 0 with a positive sum, e.g. {{'A': 50, 'B': 50}}; got {dict(weights)}")
+    full = {k: int(counts.get(k, 0)) for k in weights}
+    if any(c < 0 for c in full.values()) or sum(full.values()) == 0:
+        raise ValueError(f"srm_test needs user counts >= 0 and at least one user; got {dict(counts)}")
+    planned = {k: w for k, w in weights.items() if w > 0}
+    unplanned = {k: c for k, c in full.items() if k not in planned and c > 0}
+    n, total_w = sum(full[k] for k in planned), sum(planned.values())
+    expected = {k: n * planned[k] / total_w if k in planned else 0.0 for k in weights}
+    if n == 0:  # every user is in a variant that should have none
+        chi2, p = math.inf, 0.0
+    elif len(planned) == 1:  # one variant takes every planned user: nothing to test
+        chi2, p = 0.0, 1.0
+    else:
+        chi2 = sum((full[k] - expected[k]) ** 2 / expected[k] for k in planned)
+        p = chi2_sf(chi2, len(planned) - 1)
+    return SRMResult(full, expected, chi2, p, p < threshold or bool(unplanned), unplanned)
 
 
 @dataclass
@@ -136,15 +160,19 @@ def simulated_power(base_rate: float, relative_lift: float, n_per_variant: int, 
 def msprt(successes_a: int, n_a: int, successes_b: int, n_b: int, tau: float = 0.05) -> float:
     """Mixture likelihood ratio Λ for "rate B ≠ rate A" (normal approximation, N(0, τ²) mixture over the difference).
 
-    Λ = √(V / (V + τ²)) · exp(τ² d² / (2 V (V + τ²))), with d = p̂_B - p̂_A and V its estimated variance
-    (Johari et al., "Always valid inference", 2017). Rejecting the first time Λ ≥ 1/α keeps the false-positive
-    rate at most α however often one looks; 1 / max Λ so far is the always-valid p-value.
+    Λ = √(V / (V + τ²)) · exp(τ² d² / (2 V (V + τ²))), with d = p̂_B - p̂_A and V its variance under "no
+    difference", from the pooled rate p̄ (as in the pooled z-test): V = p̄(1 - p̄)(1/n_A + 1/n_B). The plug-in
+    variance of each arm alone is 0 at 0/n or n/n, which would hide the clearest differences (0/50 vs 50/50).
+    (Johari et al., "Always valid inference", 2017.) Rejecting the first time Λ ≥ 1/α keeps the false-positive
+    rate at most α however often one looks; 1 / max Λ so far is the always-valid p-value. Λ = 1 (no evidence)
+    before both arms have users, and when every user of both arms did the same (no difference, no spread).
     """
     if min(n_a, n_b) <= 0:
         return 1.0
     pa, pb = successes_a / n_a, successes_b / n_b
-    var = pa * (1 - pa) / n_a + pb * (1 - pb) / n_b
-    if var <= 0:
+    pooled = (successes_a + successes_b) / (n_a + n_b)
+    var = pooled * (1 - pooled) * (1 / n_a + 1 / n_b)
+    if var <= 0:  # both arms all successes or all failures: d = 0
         return 1.0
     return math.sqrt(var / (var + tau**2)) * math.exp(tau**2 * (pb - pa) ** 2 / (2 * var * (var + tau**2)))
 
