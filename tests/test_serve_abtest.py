@@ -134,3 +134,11 @@ def test_msprt_sees_a_difference_when_one_arm_has_no_spread():
     assert abtest.msprt(0, 10, 10, 10) > 1
     assert abtest.msprt(0, 10, 0, 10) == 1.0  # no difference and no spread: no evidence either way
 
+
+def test_assignment_hash_keeps_salt_and_user_apart():
+    """With salt + ":" + user, the user "x:y" under salt "a" and the user "y" under salt "a:x" shared a hash."""
+    from dsnb.serve.assignment import assign, bucket
+
+    assert bucket("x:y", "a") != bucket("y", "a:x")
+    same = sum(assign(f"x:{u}", "a", {"A": 1, "B": 1}) == assign(str(u), "a:x", {"A": 1, "B": 1}) for u in range(400))
+    assert 140 < same < 260  # independent draws agree about half the time, not always

@@ -10,12 +10,17 @@ next experiment. ``bucket`` maps a user to a point in [0, 1); ``assign`` cuts [0
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 
 
 def bucket(user_id: str, salt: str) -> float:
-    """The user's point in [0, 1): the first 60 bits of SHA-256(salt + ":" + user id) over 2**60."""
-    digest = hashlib.sha256(f"{salt}:{user_id}".encode()).hexdigest()
+    """The user's point in [0, 1): the first 60 bits of SHA-256 of ``json.dumps([salt, user_id])`` over 2**60.
+
+    The JSON list keeps the two apart: with ``salt + ":" + user_id`` the user "x:y" under salt "a" and the
+    user "y" under salt "a:x" hashed the same text, so one experiment's split could repeat another's.
+    """
+    digest = hashlib.sha256(json.dumps([salt, user_id]).encode()).hexdigest()
     return int(digest[:15], 16) / 16**15
 
 
