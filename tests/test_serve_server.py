@@ -185,3 +185,105 @@ def test_official_openai_client_against_uvicorn(engine):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=srv.url + "/v1", api_key="bad", max_retries=0).models.list()
     assert not srv.thread.is_alive()
+
+
+# -- hostile input: 4xx for bad input, never 5xx; size checked before tokenising; bounded work ------------------
+
+def _raw(client, path: str, body: str, **headers):
+    return client.post(path, content=body.encode(), headers={"content-type": "application/json", **headers})
+
+
+def test_empty_prompt_is_422_naming_the_prompt(client):
+    r = client.post("/v1/completions", json={"model": "course-model", "prompt": "", "max_tokens": 2})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "prompt"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ('{"model": "course-model", "prompt": "a\\ud800b", "max_tokens": 2}', "prompt"),
+    ('{"model": "course-model", "prompt": "hi", "user": "a\\ud800b", "max_tokens": 2}', "user"),
+    ('{"model": "course-model", "prompt": "hi", "user": "' + "u" * 200 + '", "max_tokens": 2}', "user"),
+    ('{"model": "course-model", "prompt": "hi", "temperature": NaN}', "temperature"),
+    ('{"model": "course-model", "prompt": "hi", "temperature": Infinity}', "temperature"),
+    ('{"model": "course-model", "prompt": "hi", "temperature": 1e400}', "temperature"),
+    ('{"model": "course-model", "prompt": "hi", "temperature": "abc"}', "temperature"),
+    ('{"model": "course-model", "prompt": "hi", "temperature": null}', "temperature"),
+    ('{"model": "course-model", "prompt": "hi", "temperature": []}', "temperature"),
+    ('{"model": "course-model", "prompt": "hi", "top_p": NaN}', "top_p"),
+    ('{"model": "course-model", "prompt": "hi", "seed": 1e40}', "seed"),
+    ('{"model": "course-model", "prompt": "hi", "seed": 100000000000000000000000000000}', "seed"),
+], ids=["surrogate-prompt", "surrogate-user", "long-user", "nan", "infinity", "1e400", "abc", "null", "list",
+        "top_p-nan", "seed-float", "seed-huge"])
+def test_hostile_fields_are_422_naming_the_field(client, body, param):
+    r = _raw(client, "/v1/completions", body)
+    assert r.status_code == 422 and r.json()["error"]["param"] == param
+
+
+def test_lone_surrogate_in_a_chat_message_is_422(client):
+    body = '{"model": "course-model", "messages": [{"role": "user", "content": "x\\udfffy"}]}'
+    r = _raw(client, "/v1/chat/completions", body)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "messages.0.content"
+    assert "surrogate" in r.json()["error"]["message"]
+
+
+class CountingTokenizer:
+    """The engine's tokenizer, recording the length of every text it is asked to tokenise."""
+
+    def __init__(self, tok) -> None:
+        self.tok, self.seen = tok, []
+
+    def __call__(self, text, *args, **kwargs):
+        self.seen.append(len(text))
+        return self.tok(text, *args, **kwargs)
+
+    def apply_chat_template(self, messages, *args, **kwargs):
+        self.seen.append(sum(len(m["content"]) for m in messages))
+        return self.tok.apply_chat_template(messages, *args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.tok)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_prompt_size_is_checked_before_tokenising(engine):
+    spy = CountingTokenizer(engine.tokenizer)
+    counted = ModelEngine(engine.model, spy, "course-model", "base-v1")
+    with TestClient(create_app(counted)) as c:
+        limit = counted.max_prompt_chars
+        assert limit >= counted.context_limit  # every token covers at least one character
+        for path, body in [("/v1/completions", {"prompt": "x" * (limit + 1)}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x" * (limit + 1)}]})]:
+            r = c.post(path, json={"model": "course-model", "max_tokens": 2, **body})
+            assert r.status_code == 400 and f"{limit}" in r.json()["error"]["message"]
+        assert spy.seen == []  # refused without being tokenised
+        big = c.post("/v1/completions", json={"model": "course-model", "prompt": "x" * 10_000_000})
+        assert big.status_code == 413 and "bytes" in big.json()["error"]["message"]
+        streamed = c.post("/v1/completions", headers={"content-type": "application/json"},  # no Content-Length
+                          content=(b'{"model": "course-model", "prompt": "' if i == 0 else b"x" * 65536
+                                   for i in range(200)))
+        assert streamed.status_code == 413
+        assert spy.seen == []
+        assert c.post("/v1/completions", json={"model": "course-model", "prompt": "x y", "max_tokens": 2}).status_code == 200
+        assert spy.seen == [3]
+
+
+def test_concurrent_work_is_bounded_with_429(engine):
+    app = create_app(engine, max_concurrent=1)
+    statuses = []
+    with TestClient(app) as c:
+        engine._lock.acquire()  # the engine is busy: the first request waits inside the server
+        try:
+            first = threading.Thread(target=lambda: statuses.append(chat(c, max_tokens=2).status_code))
+            first.start()
+            for _ in range(1000):  # bounded wait until the first request holds the one slot
+                if app.state.work.active == 1:
+                    break
+                threading.Event().wait(0.01)
+            busy = chat(c, max_tokens=2)
+        finally:
+            engine._lock.release()
+        first.join(60)
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+    assert "busy" in busy.json()["error"]["message"]
+    assert statuses == [200] and app.state.work.active == 0

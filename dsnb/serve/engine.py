@@ -4,7 +4,8 @@
 a time under a lock (a CPU or a single GPU gains nothing from interleaving ``model.generate`` calls;
 a serving engine such as vLLM batches them instead). ``swap`` replaces the model between two requests
 under the same lock, so a request in flight finishes on the old weights and the next one gets the new
-ones: no request fails during a swap; ``rollback`` puts the previous model back.
+ones: no request fails during a swap; ``rollback`` puts the previous model back. A prompt with more
+characters than the context window could hold (``max_prompt_chars``) is refused before it is tokenised.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ class PromptTooLong(ValueError):
         self.prompt_tokens, self.max_tokens, self.limit = prompt_tokens, max_tokens, limit
         super().__init__(f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}, but the model's "
                          f"context limit is {limit} tokens: shorten the prompt or lower max_tokens")
+
+
+class PromptTooLarge(ValueError):
+    """The prompt has more characters than the context window could hold, whatever they tokenise to."""
+
+    def __init__(self, chars: int, max_chars: int, limit: int) -> None:
+        self.chars, self.max_chars, self.limit = chars, max_chars, limit
+        super().__init__(f"the prompt has {chars} characters, but a context of {limit} tokens holds at most "
+                         f"{max_chars} characters of this model's text: shorten the prompt")
 
 
 @dataclass
@@ -71,6 +81,7 @@ class ModelEngine:
         self.context_limit = int(context_limit or getattr(model.config, "max_position_embeddings", 2048))
         self._previous: tuple[PreTrainedModel, PreTrainedTokenizerBase, str] | None = None
         self._lock = threading.Lock()
+        self._token_chars: dict[int, int] = {}  # id(tokenizer) -> its longest token's text
         self.ready = True
 
     @classmethod
@@ -80,15 +91,38 @@ class ModelEngine:
         model, tok = load_for_serving(name_or_path, adapter)
         return cls(model, tok, name or name_or_path, version or "v1")
 
+    @property
+    def max_prompt_chars(self) -> int:
+        """The most characters a prompt can have and still fit the context window.
+
+        Each token stands for at most the text of the vocabulary's longest token (twice that, for
+        normalisers that merge characters), so a longer prompt cannot fit whatever it tokenises to:
+        ``chat_ids`` and ``text_ids`` refuse it before tokenising, which would cost seconds of CPU and
+        gigabytes of memory for a 10 MB prompt.
+        """
+        tok = self.tokenizer
+        longest = self._token_chars.get(id(tok))
+        if longest is None:
+            longest = max(map(len, tok.batch_decode([[i] for i in range(len(tok))])), default=1)
+            self._token_chars[id(tok)] = longest
+        return self.context_limit * 2 * max(longest, 1)
+
+    def check_prompt_size(self, chars: int) -> None:
+        """Raise ``PromptTooLarge`` if a prompt of ``chars`` characters cannot fit (checked before tokenising)."""
+        if chars > (limit := self.max_prompt_chars):
+            raise PromptTooLarge(chars, limit, self.context_limit)
+
     def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of a conversation through the model's chat template, ending with the generation prompt."""
         if self.tokenizer.chat_template is None:
             raise ValueError(f"model {self.name!r} has no chat template: use /v1/completions with a plain prompt")
+        self.check_prompt_size(sum(len(str(m.get("content") or "")) for m in messages))
         enc = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)
         return list(enc["input_ids"])
 
     def text_ids(self, prompt: str) -> list[int]:
         """Token ids of a plain-text prompt (with the tokenizer's special tokens, e.g. BOS)."""
+        self.check_prompt_size(len(prompt))
         return list(self.tokenizer(prompt)["input_ids"])
 
     def generate(self, ids: list[int], max_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0,
