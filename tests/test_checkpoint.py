@@ -295,3 +295,11 @@ def test_sha256_file_equals_hashing_the_bytes(tmp_path):
     data = os.urandom(3 * 2**20 + 17)  # several read chunks and a ragged end
     (tmp_path / "blob").write_bytes(data)
     assert sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_a_missing_checkpoint_is_not_called_incomplete(tmp_path):
+    """A path that does not exist (a typo in --resume, or Python's resume_from) says so, not "never completed"."""
+    for path in (tmp_path / "nonexistent", _fake_checkpoint(tmp_path, 5) / "model.safetensors"):
+        with pytest.raises(CheckpointError, match="is not a checkpoint directory") as info:
+            verify_checkpoint(path)
+        assert "never completed" not in str(info.value)

@@ -110,3 +110,9 @@ def test_offload_is_only_proposed_when_the_host_has_the_ram():
     assert small_host.fix_plan.offload == "none" and small_host.row()["CPU RAM for offload (GiB)"] == 0
     single, _ = _single_changes_that_fit("llama-13b", plan, "RTX 4090", host_ram_gib=64)
     assert small_host.fix == single[0]
+
+
+@pytest.mark.parametrize("gib", [float("inf"), float("nan"), 0, -8])
+def test_gpu_spec_refuses_memory_that_is_not_a_positive_finite_number(gib):
+    with pytest.raises(ValueError, match="positive, finite number of GiB"):
+        gpu_spec(gib)

@@ -114,6 +114,9 @@ def write_manifest(checkpoint: str | Path, compress: bool = False, level: int = 
 
 def read_manifest(checkpoint: str | Path) -> dict[str, Any]:
     """The manifest of ``checkpoint``; ``CheckpointError`` if it has none (it was never completed)."""
+    if not Path(checkpoint).is_dir():
+        raise CheckpointError(f"{checkpoint} is not a checkpoint directory (it does not exist or is a file): "
+                              "pass a checkpoint-N directory of the run, or --resume auto for the newest one.")
     path = Path(checkpoint) / MANIFEST
     if not path.is_file():
         raise CheckpointError(
