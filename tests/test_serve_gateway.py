@@ -7,7 +7,10 @@ import logging
 import math
 
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
 
 from dsnb.serve.assignment import assign, bucket
 from dsnb.serve.cache import RedisCache
@@ -29,10 +32,10 @@ def servers(base_dir):
         yield sa, sb
 
 
-def ask(client, user, **over):
+def ask(client, user, headers=None, **over):
     body = {"model": "exp", "user": user, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 6,
             "temperature": 0}
-    return client.post("/v1/chat/completions", json={**body, **over})
+    return client.post("/v1/chat/completions", json={**body, **over}, headers=headers)
 
 
 def test_assignment_is_sticky_weighted_and_salted():
@@ -61,7 +64,7 @@ def test_routing_cache_and_event_rows(servers, tmp_path):
     sa, sb = servers
     store = EventStore(f"sqlite:///{tmp_path / 'events.sqlite'}")
     exp = Experiment("exp", "salt-1", {"A": 50, "B": 50})
-    gw = Gateway(exp, {"A": [sa.url], "B": [sb.url]}, store=store, health_interval=3600)
+    gw = Gateway(exp, {"A": [sa.url], "B": [sb.url]}, store=store, health_interval=3600, open_access=True)
     with TestClient(gw.app) as c:
         r1, r2 = ask(c, "alice"), ask(c, "alice")
         assert r1.status_code == r2.status_code == 200
@@ -92,7 +95,7 @@ def test_routing_cache_and_event_rows(servers, tmp_path):
 
 def test_failover_to_a_healthy_backend(servers, caplog):
     sa, _ = servers
-    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url, DEAD]}, health_interval=3600)
+    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url, DEAD]}, health_interval=3600, open_access=True)
     with TestClient(gw.app) as c:
         live, dead = gw.pools["A"].backends
         assert live.healthy and not dead.healthy  # the start-up health check
@@ -106,7 +109,7 @@ def test_failover_to_a_healthy_backend(servers, caplog):
 
 
 def test_no_healthy_backend_is_503():
-    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [DEAD]}, health_interval=3600)
+    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [DEAD]}, health_interval=3600, open_access=True)
     with TestClient(gw.app) as c:
         assert c.get("/readyz").status_code == 503
         r = ask(c, "dave")
@@ -116,7 +119,7 @@ def test_no_healthy_backend_is_503():
 def test_redis_down_bypasses_the_cache_with_a_warning(servers, caplog):
     sa, _ = servers
     cache = RedisCache("redis://127.0.0.1:9/0", timeout=0.2)
-    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url]}, cache=cache, health_interval=3600)
+    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url]}, cache=cache, health_interval=3600, open_access=True)
     with TestClient(gw.app) as c, caplog.at_level(logging.WARNING, logger="dsnb.serve.cache"):
         statuses = [ask(c, "erin").status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
@@ -129,7 +132,7 @@ def test_concurrent_load_loses_nothing(servers, tmp_path):
     sa, sb = servers
     store = EventStore(f"sqlite:///{tmp_path / 'load.sqlite'}", batch_size=16, max_queue=8)
     gw = Gateway(Experiment("exp", "s", {"A": 1, "B": 1}), {"A": [sa.url], "B": [sb.url]}, store=store,
-                 health_interval=3600)
+                 health_interval=3600, open_access=True)
     with TestClient(gw.app) as c, concurrent.futures.ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(lambda i: ask(c, f"u{i % 50}", max_tokens=2).status_code, range(200)))
     store.flush()
@@ -143,7 +146,7 @@ def test_concurrent_load_loses_nothing(servers, tmp_path):
 def test_backend_stopped_mid_run_requests_still_succeed(base_dir):
     a = ModelEngine.load("dsnb-tiny", version="v1", name="course-model")
     s1, s2 = BackgroundServer(create_app(a)).start(), BackgroundServer(create_app(a)).start()
-    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [s1.url, s2.url]}, health_interval=3600)
+    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [s1.url, s2.url]}, health_interval=3600, open_access=True)
     try:
         with TestClient(gw.app) as c:
             first = [ask(c, f"u{i}", temperature=0.7, max_tokens=2).status_code for i in range(4)]
@@ -166,7 +169,7 @@ def test_simulated_users_are_reproducible_and_leave_feedback(servers, corpus, tm
     for k in range(2):
         store = EventStore(f"sqlite:///{tmp_path / f'sim{k}.sqlite'}")
         gw = Gateway(Experiment("exp", "s", {"A": 1, "B": 1}), {"A": [sa.url], "B": [sb.url]}, store=store,
-                     health_interval=3600)
+                     health_interval=3600, open_access=True)
         with BackgroundServer(gw.app) as g:
             rows = simulate_users(g.url, questions, users=5, requests_per_user=2, seed=3, workers=2, max_tokens=4)
         store.close()
@@ -177,3 +180,227 @@ def test_simulated_users_are_reproducible_and_leave_feedback(servers, corpus, tm
     assert [(r["user"], r["variant"], r["liked"]) for r in rows] == [(r["user"], r["variant"], r["liked"])
                                                                     for r in runs[1][0]]
     assert all(0 <= r["quality"] <= 1 for r in rows)
+
+
+# -- hostile input at the gateway: 4xx, never 5xx; a bad request never takes a variant offline ---------------
+
+KEY = {"Authorization": "Bearer client-key-1"}
+
+
+def fake_backend(status: int) -> BackgroundServer:
+    """An OpenAI-shaped backend that is healthy but answers every completion with ``status``."""
+    app = FastAPI()
+    app.state.calls = 0
+
+    @app.get("/readyz")
+    def readyz() -> dict:
+        return {"ready": True}
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        return {"data": [{"id": "fake", "version": f"fake-{status}"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat() -> JSONResponse:
+        app.state.calls += 1
+        return JSONResponse({"error": {"message": f"fake {status}"}}, status_code=status)
+
+    return BackgroundServer(app).start()
+
+
+def raw(client, body: str, path: str = "/v1/chat/completions", **headers):
+    return client.post(path, content=body.encode(), headers={"content-type": "application/json", **headers})
+
+
+def test_clients_need_a_key_unless_access_is_explicitly_open(servers, tmp_path, monkeypatch, caplog):
+    sa, _ = servers
+    exp = Experiment("exp", "s", {"A": 1})
+    monkeypatch.delenv("DSNB_GATEWAY_KEYS", raising=False)
+    with pytest.raises(ValueError, match="client_keys"):
+        Gateway(exp, {"A": [sa.url]})
+    with pytest.raises(ValueError, match="open_access"):
+        Gateway(exp, {"A": [sa.url]}, client_keys=["k"], open_access=True)
+    store = EventStore(f"sqlite:///{tmp_path / 'e.sqlite'}")
+    gw = Gateway(exp, {"A": [sa.url]}, store=store, health_interval=3600, client_keys=["client-key-1", "other"])
+    with TestClient(gw.app) as c:
+        assert ask(c, "ann").status_code == 401
+        wrong = c.post("/v1/chat/completions", json={}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "Authorization: Bearer" in wrong.json()["error"]["message"]
+        assert c.post("/v1/feedback", json={"request_id": "x", "user": "ann", "score": 1}).status_code == 401
+        assert c.get("/v1/models").status_code == 401
+        assert gw.pools["A"].backends[0].served == 0  # nothing reached the backend
+        ok = c.post("/v1/chat/completions", headers=KEY, json={"model": "exp", "user": "ann", "max_tokens": 2,
+                                                               "messages": [{"role": "user", "content": "hi"}]})
+        assert ok.status_code == 200
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200  # probes stay open
+        assert 'reason="unauthorized"' in c.get("/metrics").text
+    store.flush()
+    assert store.count("requests") == 1  # unauthenticated requests are counted in /metrics, not logged as users
+    store.close()
+    monkeypatch.setenv("DSNB_GATEWAY_KEYS", "env-key-1, env-key-2")
+    gw = Gateway(exp, {"A": [sa.url]}, health_interval=3600)
+    with TestClient(gw.app) as c:
+        assert c.get("/v1/models", headers={"Authorization": "Bearer env-key-2"}).status_code == 200
+        assert c.get("/v1/models", headers=KEY).status_code == 401
+    with caplog.at_level(logging.WARNING, logger="dsnb.serve.gateway"):
+        with TestClient(Gateway(exp, {"A": [sa.url]}, health_interval=3600, open_access=True).app) as c:
+            assert c.get("/v1/models").status_code == 200
+    assert "without a client key" in caplog.text  # said at start-up
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ('{"model": "exp", "user": "u1", "temperature": NaN, "messages": [{"role": "user", "content": "hi"}]}', "temperature"),
+    ('{"model": "exp", "user": "u1", "temperature": Infinity, "messages": [{"role": "user", "content": "hi"}]}', "temperature"),
+    ('{"model": "exp", "user": "u1", "temperature": 1e400, "messages": [{"role": "user", "content": "hi"}]}', "temperature"),
+    ('{"model": "exp", "user": "u1", "temperature": "abc", "messages": [{"role": "user", "content": "hi"}]}', "temperature"),
+    ('{"model": "exp", "user": "u1", "temperature": null, "messages": [{"role": "user", "content": "hi"}]}', "temperature"),
+    ('{"model": "exp", "user": "u1", "temperature": [], "messages": [{"role": "user", "content": "hi"}]}', "temperature"),
+    ('{"model": "exp", "user": "u1", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages.0.content"),
+    ('{"model": "exp", "user": "u1", "messages": []}', "messages"),
+    ('{"model": "exp", "user": "u1", "max_tokens": 2, "logit_bias": NaN, "messages": [{"role": "user", "content": "hi"}]}',
+     None),
+], ids=["nan", "infinity", "1e400", "abc", "null", "list", "surrogate", "no-messages", "nan-unknown-field"])
+def test_hostile_bodies_are_422_with_an_event_row(servers, tmp_path, body, param):
+    sa, _ = servers
+    store = EventStore(f"sqlite:///{tmp_path / 'e.sqlite'}")
+    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url]}, store=store, health_interval=3600,
+                 client_keys=["client-key-1"])
+    with TestClient(gw.app) as c:
+        r = raw(c, body, **KEY)
+        assert r.status_code == 422 and r.json()["error"]["param"] == param
+        assert gw.pools["A"].backends[0].healthy
+        assert ask(c, "u1", max_tokens=2, headers=KEY).status_code == 200
+    store.flush()
+    rows = store.rows("requests")
+    assert [row["status"] for row in rows] == [422, 200] and rows[0]["backend"] == "gateway"
+    store.close()
+
+
+@pytest.mark.parametrize("user", ['"a\\ud800b"', '"' + "u" * 200 + '"', "17", '""'])
+def test_a_user_id_the_store_cannot_keep_is_refused_at_the_door(servers, tmp_path, user):
+    sa, _ = servers
+    store = EventStore(f"sqlite:///{tmp_path / 'e.sqlite'}")
+    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url]}, store=store, health_interval=3600,
+                 client_keys=["client-key-1"])
+    with TestClient(gw.app) as c:
+        r = raw(c, '{"model": "exp", "user": ' + user + ', "messages": [{"role": "user", "content": "hi"}]}', **KEY)
+        assert r.status_code in (400, 422) and r.json()["error"]["param"] == "user"
+        fb = raw(c, '{"request_id": "x", "user": ' + user + ', "score": 1}', "/v1/feedback", **KEY)
+        assert fb.status_code in (400, 422)
+    store.flush()
+    assert store.count("requests") == store.count("feedback") == store.dead_lettered == 0
+    store.close()
+
+
+def test_a_bad_request_does_not_take_a_variant_offline(servers):
+    """An empty prompt is the client's error: the backend stays healthy and the next request is served."""
+    sa, _ = servers
+    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url]}, health_interval=3600, open_access=True)
+    with TestClient(gw.app) as c:
+        empty = c.post("/v1/completions", json={"model": "exp", "user": "u", "prompt": "", "max_tokens": 2})
+        assert empty.status_code == 422 and empty.json()["error"]["param"] == "prompt"
+        too_long = c.post("/v1/completions", json={"model": "exp", "user": "u", "prompt": "x " * 2000, "max_tokens": 2})
+        assert too_long.status_code == 400  # the backend's own 400 comes through
+        assert gw.pools["A"].backends[0].healthy
+        assert ask(c, "u", max_tokens=2).status_code == 200
+
+
+def test_server_errors_mark_a_backend_unhealthy_only_when_repeated(servers):
+    sa, _ = servers
+    broken = fake_backend(500)
+    try:
+        gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [broken.url, sa.url]}, health_interval=3600,
+                     open_access=True, max_server_errors=3)
+        with TestClient(gw.app) as c:
+            bad, good = gw.pools["A"].backends
+            good.served = 10**6  # the broken one looks best: each request tries it first
+            for i in range(2):
+                assert ask(c, f"u{i}", temperature=0.5, max_tokens=2).status_code == 200  # failed over
+                assert bad.healthy
+            assert ask(c, "u3", temperature=0.5, max_tokens=2).status_code == 200
+            assert not bad.healthy and broken.server.config.app.state.calls == 3
+            good.healthy = False  # now only the broken backend is left: its error is a 502, not a 500
+            bad.healthy = True
+            r = ask(c, "u4", temperature=0.5, max_tokens=2)
+            assert r.status_code == 502 and "500" in r.json()["error"]["message"]
+    finally:
+        broken.stop()
+
+
+def test_busy_backends_are_429_not_unhealthy(servers):
+    sa, _ = servers
+    busy = fake_backend(429)
+    try:
+        gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [busy.url, sa.url]}, health_interval=3600,
+                     open_access=True)
+        with TestClient(gw.app) as c:
+            b, good = gw.pools["A"].backends
+            good.served = 10**6
+            assert ask(c, "u", temperature=0.5, max_tokens=2).status_code == 200  # the other backend took it
+            good.healthy = False
+            r = ask(c, "u", temperature=0.5, max_tokens=2)
+            assert r.status_code == 429 and b.healthy
+    finally:
+        busy.stop()
+
+
+def test_oversized_bodies_are_413_and_in_flight_requests_are_bounded(servers):
+    sa, _ = servers
+    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url]}, health_interval=3600, open_access=True,
+                 max_in_flight=1)
+    with TestClient(gw.app) as c:
+        big = c.post("/v1/completions", json={"model": "exp", "user": "u", "prompt": "x" * 10_000_000})
+        assert big.status_code == 413 and "bytes" in big.json()["error"]["message"]
+        gw.work.active = 1  # as if one request were in flight
+        busy = ask(c, "u", max_tokens=2)
+        gw.work.active = 0
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        assert ask(c, "u", max_tokens=2).status_code == 200
+
+
+def test_feedback_is_bound_to_the_user_of_the_request(servers, tmp_path):
+    sa, _ = servers
+    store = EventStore(f"sqlite:///{tmp_path / 'e.sqlite'}")
+    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url]}, store=store, health_interval=3600,
+                 open_access=True)
+    with TestClient(gw.app) as c:
+        rid = ask(c, "alice", max_tokens=2).json()["id"]
+        assert c.post("/v1/feedback", json={"request_id": rid, "user": "mallory", "score": 0}).status_code == 403
+        assert c.post("/v1/feedback", json={"request_id": "f" * 32, "user": "alice", "score": 0}).status_code == 404
+        for score in ("NaN", "Infinity", "1e400", "5", '"abc"', "null"):
+            r = raw(c, f'{{"request_id": "{rid}", "user": "alice", "score": {score}}}', "/v1/feedback")
+            assert r.status_code == 422 and r.json()["error"]["param"] == "score", score
+        assert c.post("/v1/feedback", json={"request_id": rid, "user": "alice", "score": 1}).status_code == 200
+    store.flush()
+    assert [(f["user_id"], f["score"]) for f in store.rows("feedback")] == [("alice", 1.0)]
+    gw2 = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url]}, store=store, health_interval=3600,
+                  open_access=True)  # a restarted gateway finds the request in the store
+    with TestClient(gw2.app) as c:
+        assert c.post("/v1/feedback", json={"request_id": rid, "user": "alice", "score": 0}).status_code == 200
+        assert c.post("/v1/feedback", json={"request_id": rid, "user": "bob", "score": 0}).status_code == 403
+    store.close()
+
+
+def test_readyz_reports_a_failing_or_backed_up_store(servers, tmp_path, monkeypatch):
+    sa, _ = servers
+    store = EventStore(f"sqlite:///{tmp_path / 'e.sqlite'}", retry_seconds=0.05, max_retry_seconds=0.1,
+                       put_timeout=0.2, max_queue=3)
+    gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url]}, store=store, health_interval=3600,
+                 open_access=True)
+    with TestClient(gw.app) as c:
+        assert c.get("/readyz").status_code == 200 and c.get("/healthz").json()["store"] == "ok"
+
+        def down(*a, **k):
+            raise OperationalError("connect", {}, Exception("disk I/O error"))
+        monkeypatch.setattr(store.engine, "begin", down)
+        monkeypatch.setattr(store.engine, "connect", down)
+        statuses = [ask(c, f"u{i}", max_tokens=2).status_code for i in range(6)]  # never hangs: 0.2 s at most
+        ready = c.get("/readyz")
+        assert statuses == [200] * 6
+        assert ready.status_code == 503 and not ready.json()["store"]["ok"]
+        assert any("failed" in p for p in ready.json()["store"]["problems"])
+        assert c.get("/healthz").status_code == 200 and c.get("/healthz").json()["store"] != "ok"
+        monkeypatch.undo()
+    store.flush()
+    assert store.count("requests") + store.dead_lettered == 6
+    store.close()

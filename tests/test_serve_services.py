@@ -144,7 +144,8 @@ def test_redis_cache_serves_hits_and_survives_redis_being_killed(redis_server, m
     cache.set("k", {"answer": 1})
     assert cache.get("k") == {"answer": 1}
     assert 0 < cache.client.ttl(cache.prefix + "k") <= 60  # stored with an expiry
-    gw = Gateway(Experiment("e", "s", {"A": 1}), {"A": [model_server.url]}, cache=cache, health_interval=3600)
+    gw = Gateway(Experiment("e", "s", {"A": 1}), {"A": [model_server.url]}, cache=cache, health_interval=3600,
+                 open_access=True)
     with TestClient(gw.app) as c, caplog.at_level(logging.WARNING, logger="dsnb.serve.cache"):
         first = [_ask(c, "u").headers["x-cache"] for _ in range(2)]
         redis_server.kill()

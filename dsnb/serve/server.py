@@ -32,7 +32,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dsnb.serve.engine import Generation, ModelEngine, PromptTooLong
@@ -95,11 +95,18 @@ class ChatRequest(_Params):
     messages: list[ChatMessage] = Field(min_length=1)
 
 
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
+#: The OpenAI error type of each status (others: ``invalid_request_error``).
+ERROR_KINDS = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
+               502: "api_error", 503: "service_unavailable"}
+
+
+def error_response(status: int, message: str, param: str | None = None, kind: str | None = None) -> JSONResponse:
+    """An error in the OpenAI shape (``{"error": {"message", "type", "param", "code"}}``); the type follows the status."""
+    kind = kind or ERROR_KINDS.get(status, "invalid_request_error")
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status_code=status)
 
 
-def validation_response(exc: RequestValidationError) -> JSONResponse:
+def validation_response(exc: RequestValidationError | ValidationError) -> JSONResponse:
     """422 in the OpenAI error shape, naming the first offending field (all of them under ``detail``)."""
     errors = exc.errors()
     first = errors[0] if errors else {}
@@ -189,7 +196,7 @@ class BodyLimit:
         declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             exc = BodyTooLarge(self.max_bytes)
-            return await _error(413, exc.detail)(scope, receive, send)
+            return await error_response(413, exc.detail)(scope, receive, send)
         seen = 0
 
         async def counted() -> dict:
@@ -227,13 +234,11 @@ def create_app(engine: ModelEngine, api_key: str | None = None, max_concurrent: 
 
     @app.exception_handler(StarletteHTTPException)  # FastAPI's own (e.g. an unreadable body) as well as ours
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
-            exc.status_code, "invalid_request_error")
-        message = str(exc.detail)
+        kind = ERROR_KINDS.get(exc.status_code, "invalid_request_error")
         if request.url.path.startswith("/v1/"):
             metrics.requests.labels(request.url.path, str(exc.status_code), engine.version).inc()
             metrics.errors.labels(kind, engine.version).inc()
-        response = _error(exc.status_code, message, kind=kind)
+        response = error_response(exc.status_code, str(exc.detail), kind=kind)
         response.headers.update(exc.headers or {})
         return response
 

@@ -18,9 +18,9 @@ No row is ever lost, and no row can stop the others:
   batch and retries it with backoff. When the database answers but refuses the batch, the writer
   writes the rows one at a time: a row the database still refuses goes to the dead-letter file
   (JSON lines: time, table, the database's error, the row) and logging goes on.
-- ``close`` commits what is queued within ``close_timeout`` seconds (10 by default): rows the
-  database has not taken by then go to the dead-letter file, so a gateway stopped by SIGTERM exits
-  in bounded time without losing a row.
+- ``drain`` and ``close`` commit what is queued within ``close_timeout`` seconds (10 by default):
+  rows the database has not taken by then go to the dead-letter file, so a gateway stopped by
+  SIGTERM (its shutdown drains the store) exits in bounded time without losing a row.
 - ``health`` says whether writes are failing or the queue is backed up (the gateway's ``/readyz``).
 
 Every dead-lettered row is counted (``dead_lettered``) and logged. ``flush`` waits until everything
@@ -384,6 +384,24 @@ class EventStore:
     def flush(self) -> None:
         """Wait until every row put so far is committed (or set aside in the dead-letter file)."""
         self._queue.join()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every row put so far is committed, for at most ``timeout`` seconds (default ``close_timeout``).
+
+        Rows still waiting then (the database is down) go to the dead-letter file; the store stays
+        open. The gateway calls this when it shuts down (uvicorn ends the process right after a
+        SIGTERM). Returns True when everything was committed.
+        """
+        deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks and (left := deadline - time.monotonic()) > 0:
+                self._queue.all_tasks_done.wait(left)
+            if not self._queue.unfinished_tasks:
+                return True
+        # the writer may still commit its current batch: duplicates rather than losses
+        self._dead_letter(list(self._inflight) + self._drain(), "not committed when the gateway shut down (last "
+                          f"database error: {self.last_error or 'none'})")
+        return False
 
     def _drain(self) -> list[Item]:
         left: list[Item] = []
