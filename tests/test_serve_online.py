@@ -56,3 +56,35 @@ def test_a_round_trains_a_copy_and_the_gate_decides(base_dir, corpus, tolerance,
         assert "not worse" in rnd.reason
     else:
         assert candidate is None and "keep the served model" in rnd.reason
+
+
+def _from(user, rid, prompt, answer):
+    return {**_req(rid, prompt, answer), "user_id": user}
+
+
+def test_one_user_cannot_steer_the_pairs(caplog):
+    """Three honest users like "good" and dislike "bad"; mallory scores 50 of her own "bad" answers 1 and a "good"
+    one 0, and scores honest users' requests too. One user, one vote per answer: the pair still prefers "good"."""
+    requests = ([_from(f"h{i}", f"g{i}", "p1", "good") for i in range(3)]
+                + [_from(f"h{i}", f"b{i}", "p1", "bad") for i in range(3)]
+                + [_from("mallory", f"m{i}", "p1", "bad") for i in range(50)] + [_from("mallory", "mg", "p1", "good")])
+    feedback = ([{"request_id": f"g{i}", "user_id": f"h{i}", "score": 1.0} for i in range(3)]
+                + [{"request_id": f"b{i}", "user_id": f"h{i}", "score": 0.0} for i in range(3)]
+                + [{"request_id": f"m{i}", "user_id": "mallory", "score": 1.0} for i in range(50)]
+                + [{"request_id": "mg", "user_id": "mallory", "score": 0.0}]
+                + [{"request_id": f"g{i}", "user_id": "mallory", "score": 0.0} for i in range(3)])  # not her requests
+    with caplog.at_level("WARNING", logger="dsnb.serve.online"):
+        pairs = feedback_pairs(requests, feedback)
+    assert pairs == [{"prompt": "p1", "chosen": "good", "rejected": "bad", "kind": "feedback"}]
+    assert "3 feedback rows on another user's request" in caplog.text
+
+
+def test_a_user_contributes_to_at_most_max_per_user_answers_a_round(caplog):
+    requests = [_from("mallory", f"{k}{i}", f"q{i}", f"{k}-answer-{i}") for i in range(10) for k in ("a", "b")]
+    feedback = [{"request_id": f"{k}{i}", "user_id": "mallory", "score": float(k == "a")}
+                for i in range(10) for k in ("a", "b")]
+    assert len(feedback_pairs(requests, feedback, max_per_user=None)) == 10
+    with caplog.at_level("WARNING", logger="dsnb.serve.online"):
+        capped = feedback_pairs(requests, feedback, max_per_user=4)
+    assert [p["prompt"] for p in capped] == ["q0", "q1"]  # her first four answers: two prompts' worth
+    assert "16 feedback rows over the cap of 4 answers per user" in caplog.text

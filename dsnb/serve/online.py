@@ -5,7 +5,9 @@ would let one user (or one bot) steer the model and would make every answer come
 model, so an A/B test could not attribute anything. The safe form is periodic:
 
 1. ``feedback_pairs``: for each prompt that got both a liked and a disliked answer, the liked one is
-   ``chosen`` and the disliked one ``rejected`` (a gap of at least ``min_gap`` in score);
+   ``chosen`` and the disliked one ``rejected`` (a gap of at least ``min_gap`` in score); feedback
+   counts only from the request's own user, one vote per user and answer, for at most
+   ``max_per_user`` answers per user and round;
 2. ``update_from_feedback``: nothing happens below ``min_pairs`` pairs; otherwise a short DPO run
    with LoRA (``dsnb.train.dpo``) on a copy of the served model, merged into its weights;
 3. the gate: the candidate's mean token-F1 on held-out prompts must not fall below the served
@@ -68,20 +70,49 @@ def _checked_rows(rows: Iterable[Mapping[str, Any]], what: str, numeric: tuple[s
     return out
 
 
+#: The most answers one user's feedback counts for in one round (``feedback_pairs``).
+MAX_FEEDBACK_PER_USER = 20
+
+
 def feedback_pairs(requests: Iterable[Mapping[str, Any]], feedback: Iterable[Mapping[str, Any]],
-                   min_gap: float = 0.5) -> list[dict[str, str]]:
+                   min_gap: float = 0.5, max_per_user: int | None = MAX_FEEDBACK_PER_USER) -> list[dict[str, str]]:
     """Preference pairs (prompt, chosen, rejected) from request rows and feedback rows of the event store.
 
-    Scores of the same answer to the same prompt are averaged; per prompt, the best and the worst
-    answer make a pair when they differ in text and in mean score by at least ``min_gap``.
+    Per prompt, the best and the worst answer make a pair when they differ in text and in mean score
+    by at least ``min_gap``. One user cannot steer a round (claim C27): a feedback row whose
+    ``user_id`` is not the request's user is ignored (the gateway already refuses such feedback);
+    one user's scores for one answer count as one vote (their mean), and an answer's score is the
+    mean of its users' votes; each user's votes count for at most ``max_per_user`` answers a round
+    (their first ones; None: no cap). Rows without user ids count one vote each. Ignored rows are
+    counted in a logged warning.
     """
     requests, feedback = _checked_rows(requests, "request"), _checked_rows(feedback, "feedback", ("score",))
     by_id = {r["request_id"]: r for r in requests if r.get("status") == 200 and r.get("completion") is not None}
-    scores: dict[str, dict[str, list[float]]] = {}
-    for f in feedback:
+    votes: dict[tuple[Any, str, str], list[float]] = {}  # (user, prompt, answer) -> that user's scores
+    counted: dict[Any, set[tuple[str, str]]] = {}  # user -> the answers their votes count for
+    ignored: Counter[str] = Counter()
+    for i, f in enumerate(feedback):
         r = by_id.get(f["request_id"])
-        if r is not None:
-            scores.setdefault(user_prompt(r["prompt"]), {}).setdefault(r["completion"].strip(), []).append(f["score"])
+        if r is None:
+            continue
+        user, owner = f.get("user_id"), r.get("user_id")
+        if user is not None and owner is not None and user != owner:
+            ignored["on another user's request"] += 1
+            continue
+        voter = user if user is not None else owner if owner is not None else ("row", i)
+        item = (user_prompt(r["prompt"]), r["completion"].strip())
+        mine = counted.setdefault(voter, set())
+        if item not in mine:
+            if max_per_user is not None and len(mine) >= max_per_user:
+                ignored[f"over the cap of {max_per_user} answers per user"] += 1
+                continue
+            mine.add(item)
+        votes.setdefault((voter, *item), []).append(f["score"])
+    if ignored:
+        logger.warning("feedback_pairs ignored %s", "; ".join(f"{n} feedback rows {why}" for why, n in ignored.items()))
+    scores: dict[str, dict[str, list[float]]] = {}
+    for (_, prompt, answer), s in votes.items():
+        scores.setdefault(prompt, {}).setdefault(answer, []).append(sum(s) / len(s))
     pairs = []
     for prompt, answers in sorted(scores.items()):
         mean = sorted(((sum(s) / len(s), a) for a, s in answers.items()), reverse=True)
