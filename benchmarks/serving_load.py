@@ -1,41 +1,136 @@
-"""Load test of the A/B gateway on loopback (notebook 10): req/s and p50 / p99 latency for cache hits and misses.
+"""Load test of the A/B gateway on loopback (notebook 10): req/s, p50 / p99 latency, and a hostile mix that must get 4xx.
 
-Two model servers (the course's SFT model, one per variant) and the gateway run in this process on free
-loopback ports; ``--clients`` concurrent clients send ``--requests`` chat requests in total. Most repeat one
-of 40 questions at temperature 0 (cache hits after the first time); ``--miss-share`` of them carry a unique
-seed, which makes them cacheable but never seen before (cache misses that reach a model). It prints the
-throughput, the gateway's latency (from the event log) and the client's, the 5xx count, and checks that the
-event store holds one row per request. Target: cache-hit p50 <= 2 ms at the gateway.
+Two model servers (the course's SFT model, one per variant, each its own process started with
+``python -m dsnb.serve model`` and an API key) and the gateway (in this process, with a client key)
+run on free loopback ports; ``--clients`` concurrent clients send ``--requests`` requests in total.
+Valid requests repeat one of 40 questions at temperature 0 (cache hits after the first time);
+``--miss-share`` of them carry a unique seed, which makes them cacheable but never seen before (cache
+misses that reach a model). ``--hostile-share`` of all requests are hostile, drawn evenly from
+``HOSTILE``: no client key, malformed JSON, a NaN temperature, an empty prompt, a lone surrogate, a
+2 MiB body, a prompt longer than the context could hold, feedback with a NaN score, feedback on
+another user's request. Before the run, ``--direct-oversized`` 10 MB prompts go straight to a model
+server at once (the case that used to take it from 2.3 to 5.7 GiB).
 
-    python benchmarks/serving_load.py [--requests 2000] [--clients 50] [--miss-share 0.1]
+It prints the throughput, the gateway's latency (from the event log) and the client's, the statuses
+each kind of request got, the 5xx counts, lost rows (valid requests answered 200 whose row is not in
+the event store) and each model server's resident memory before the run, at its peak and after.
+A 429 (a model server at its limit of requests in progress) is retried after its ``Retry-After``, as
+the openai client does; the number of retries is printed.
+It fails unless valid requests get no 5xx, hostile ones get their 4xx, and no row is lost. Target:
+cache-hit p50 <= 2 ms at the gateway.
+
+    python benchmarks/serving_load.py [--requests 2000] [--clients 50] [--miss-share 0.1] [--hostile-share 0.2]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 from transformers.utils.logging import disable_progress_bar
 
 from dsnb.data.corpus import course_corpus
-from dsnb.serve.engine import ModelEngine
 from dsnb.serve.gateway import Experiment, Gateway
 from dsnb.serve.latency import percentiles
 from dsnb.serve.runner import BackgroundServer
-from dsnb.serve.server import create_app
 from dsnb.serve.simulate import summary_questions
 from dsnb.serve.store import EventStore
 
+CLIENT_KEY, BACKEND_KEY = "bench-client-key", "bench-backend-key"
+#: Hostile request kinds and the status each must get.
+HOSTILE = {"no_key": 401, "malformed_json": 422, "nan_temperature": 422, "empty_prompt": 422, "lone_surrogate": 422,
+           "body_2mib": 413, "prompt_too_long": 400, "feedback_nan": 422, "feedback_not_yours": 403}
+JSON = {"content-type": "application/json"}
+#: How often a client retries a 429 (a model server working on its limit of requests) before giving up.
+RETRIES_429 = 10
 
-async def _drive(url: str, prompts: list[str], n: int, clients: int, miss_share: float, seed: int) -> list[tuple]:
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _memory(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) MiB of process ``pid`` (the peak from /proc: Linux only, else the resident)."""
+    rss = psutil.Process(pid).memory_info().rss / 2**20
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        peak = rss
+    return rss, peak
+
+
+def _start_model_server(log: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = dict(os.environ, DSNB_API_KEY=BACKEND_KEY, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    proc = subprocess.Popen([sys.executable, "-m", "dsnb.serve", "model", "--model", "dsnb-tiny-sft", "--name",
+                             "course-model", "--version", "sft-v2", "--port", str(port)], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"the model server did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
+def _request(kind: str, user: str, prompt: str, unique: int | None, victim: str) -> tuple[str, bytes, dict]:
+    """(path, body, headers) of one request of ``kind`` ("valid" or one of ``HOSTILE``)."""
+    auth = {**JSON, "Authorization": f"Bearer {CLIENT_KEY}"}
+    body: dict = {"model": "x", "user": user, "max_tokens": 16, "messages": [{"role": "user", "content": prompt}]}
+    body.update({"temperature": 0.7, "seed": unique} if unique is not None else {"temperature": 0})
+    if kind == "valid":
+        return "/v1/chat/completions", json.dumps(body).encode(), auth
+    if kind == "no_key":
+        return "/v1/chat/completions", json.dumps(body).encode(), JSON
+    if kind == "malformed_json":
+        return "/v1/chat/completions", json.dumps(body).encode()[:-7], auth
+    if kind == "nan_temperature":
+        return "/v1/chat/completions", json.dumps(dict(body, temperature=float("nan"))).encode(), auth
+    if kind == "empty_prompt":
+        return "/v1/completions", json.dumps({"model": "x", "user": user, "prompt": ""}).encode(), auth
+    if kind == "lone_surrogate":
+        return "/v1/chat/completions", json.dumps(dict(body, messages=[{"role": "user", "content": "a\ud800b"}])).encode(), auth
+    if kind == "body_2mib":
+        return "/v1/completions", json.dumps({"model": "x", "user": user, "prompt": "x" * (2 << 20)}).encode(), auth
+    if kind == "prompt_too_long":  # under the body limit, over what 1,024 tokens can hold: refused untokenised
+        return "/v1/completions", json.dumps({"model": "x", "user": user, "prompt": "def f(x): " * 30_000}).encode(), auth
+    if kind == "feedback_nan":
+        return "/v1/feedback", json.dumps({"request_id": victim, "user": user, "score": float("nan")}).encode(), auth
+    if kind == "feedback_not_yours":
+        return "/v1/feedback", json.dumps({"request_id": victim, "user": user, "score": 0.0}).encode(), auth
+    raise ValueError(f"unknown request kind {kind!r}")
+
+
+async def _drive(url: str, prompts: list[str], n: int, clients: int, miss_share: float, hostile_share: float,
+                 seed: int, victim: str) -> list[tuple]:
     rng = np.random.default_rng(seed)
-    plan = [(f"user-{i % 500}", prompts[int(rng.integers(len(prompts)))], i if rng.random() < miss_share else None)
-            for i in range(n)]
+    kinds = list(HOSTILE)
+    plan = []
+    for i in range(n):
+        kind = kinds[int(rng.integers(len(kinds)))] if rng.random() < hostile_share else "valid"
+        plan.append((kind, f"user-{i % 500}", prompts[int(rng.integers(len(prompts)))],
+                     i if rng.random() < miss_share else None))
     queue: asyncio.Queue = asyncio.Queue()
     for item in plan:
         queue.put_nowait(item)
@@ -43,16 +138,30 @@ async def _drive(url: str, prompts: list[str], n: int, clients: int, miss_share:
 
     async def client(http: httpx.AsyncClient) -> None:
         while not queue.empty():
-            user, prompt, unique = queue.get_nowait()
-            body = {"model": "x", "user": user, "max_tokens": 16, "messages": [{"role": "user", "content": prompt}]}
-            body.update({"temperature": 0.7, "seed": unique} if unique is not None else {"temperature": 0})
+            kind, user, prompt, unique = queue.get_nowait()
+            path, content, headers = _request(kind, user, prompt, unique, victim)
             t0 = time.perf_counter()
-            r = await http.post(url + "/v1/chat/completions", json=body)
-            out.append((r.status_code, r.headers.get("x-cache"), time.perf_counter() - t0))
+            for attempt in range(1, RETRIES_429 + 2):  # a 429 is retried after Retry-After, as the openai client does
+                r = await http.post(url + path, content=content, headers=headers)
+                if r.status_code != 429 or attempt > RETRIES_429:
+                    break
+                await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+            out.append((kind, r.status_code, r.headers.get("x-cache"), r.headers.get("x-request-id"),
+                        time.perf_counter() - t0, attempt - 1))
 
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
     return out
+
+
+async def _direct_oversized(url: str, n: int) -> list[int]:
+    """``n`` 10 MB prompts at once, straight to a model server (with its API key)."""
+    body = b'{"model": "course-model", "prompt": "' + b"x" * 10_000_000 + b'"}'
+    async with httpx.AsyncClient(timeout=300) as http:
+        rs = await asyncio.gather(*(http.post(url + "/v1/completions", content=body,
+                                              headers={**JSON, "Authorization": f"Bearer {BACKEND_KEY}"})
+                                    for _ in range(n)))
+    return [r.status_code for r in rs]
 
 
 def main() -> None:
@@ -60,38 +169,77 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--miss-share", type=float, default=0.1)
+    parser.add_argument("--hostile-share", type=float, default=0.2)
+    parser.add_argument("--direct-oversized", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     disable_progress_bar()
-    engine = ModelEngine.load("dsnb-tiny-sft", version="sft-v2", name="course-model")
     prompts = [q.prompt for q in summary_questions(course_corpus().pairs_in("test")[:40])]
     with tempfile.TemporaryDirectory() as tmp:
+        (sa, url_a), (sb, url_b) = _start_model_server(Path(tmp) / "a.log"), _start_model_server(Path(tmp) / "b.log")
         store = EventStore(f"sqlite:///{Path(tmp) / 'events.sqlite'}")
-        with BackgroundServer(create_app(engine)) as a, BackgroundServer(create_app(engine)) as b:
-            gw = Gateway(Experiment("load", "s", {"A": 1, "B": 1}), {"A": [a.url], "B": [b.url]}, store=store)
+        try:
+            before = {v: _memory(p.pid) for v, p in (("A", sa), ("B", sb))}
+            direct = asyncio.run(_direct_oversized(url_a, args.direct_oversized)) if args.direct_oversized else []
+            gw = Gateway(Experiment("load", "s", {"A": 1, "B": 1}), {"A": [url_a], "B": [url_b]}, store=store,
+                         backend_api_key=BACKEND_KEY, client_keys=[CLIENT_KEY])
             with BackgroundServer(gw.app) as g:
+                warm = httpx.post(g.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                                  json={"model": "x", "user": "victim", "max_tokens": 4, "temperature": 0,
+                                        "messages": [{"role": "user", "content": prompts[0]}]})
+                assert warm.status_code == 200, warm.text
                 t0 = time.perf_counter()
-                results = asyncio.run(_drive(g.url, prompts, args.requests, args.clients, args.miss_share, args.seed))
+                results = asyncio.run(_drive(g.url, prompts, args.requests, args.clients, args.miss_share,
+                                             args.hostile_share, args.seed, warm.headers["x-request-id"]))
                 wall = time.perf_counter() - t0
-        store.flush()
-        rows = store.rows("requests")
-        store.close()
-    server_5xx = sum(s >= 500 for s, _, _ in results)
-    print(f"{len(results)} requests from {args.clients} clients in {wall:.1f} s: {len(results) / wall:.0f} req/s; "
-          f"5xx: {server_5xx}; rows stored: {len(rows)} (sent {len(results)})")
+            store.flush()
+            time.sleep(2.0)  # let the servers settle before reading their memory
+            after = {v: _memory(p.pid) for v, p in (("A", sa), ("B", sb))}
+            rows = store.rows("requests")
+            dead = store.dead_lettered
+        finally:
+            store.close()
+            for p in (sa, sb):
+                p.terminate()
+                p.wait(30)
+    valid = [r for r in results if r[0] == "valid"]
+    hostile = [r for r in results if r[0] != "valid"]
+    stored_ids = {r["request_id"] for r in rows}
+    answered = [r for r in valid if r[1] == 200]
+    lost = sum(r[3] not in stored_ids for r in answered)
+    valid_5xx, hostile_5xx = sum(r[1] >= 500 for r in valid), sum(r[1] >= 500 for r in hostile)
+    print(f"{len(results)} requests from {args.clients} clients in {wall:.1f} s: {len(results) / wall:.0f} req/s "
+          f"({len(valid)} valid, {len(hostile)} hostile)")
+    retried = [r for r in results if r[5]]
+    print(f"429 (busy, retried after Retry-After): {sum(r[5] for r in retried)} answers to {len(retried)} requests")
+    print(f"valid: final statuses {dict(sorted(Counter(r[1] for r in valid).items()))}; 5xx: {valid_5xx}; rows lost: {lost} "
+          f"of {len(answered)} answered; event rows by status {dict(sorted(Counter(r['status'] for r in rows).items()))} "
+          f"(the warm-up and refused requests with a user included), dead-lettered {dead}")
+    wrong = []
+    for kind, expected in HOSTILE.items():
+        got = Counter(r[1] for r in hostile if r[0] == kind)
+        wrong += [kind] if set(got) - {expected} else []
+        print(f"hostile {kind:<19} n={sum(got.values()):4d}  statuses {dict(sorted(got.items()))}  (expected {expected})")
+    print(f"hostile 5xx: {hostile_5xx}")
     for label in ("hit", "miss"):
-        gw_ms = [r["latency_ms"] for r in rows if r["cache_hit"] == (label == "hit")]
-        client_ms = [1000 * t for _, c, t in results if c == label]
-        if gw_ms:
+        gw_ms = [r["latency_ms"] for r in rows if r["cache_hit"] == (label == "hit") and r["status"] == 200]
+        client_ms = [1000 * r[4] for r in valid if r[2] == label]
+        if gw_ms and client_ms:
             g, c = percentiles(gw_ms), percentiles(client_ms)
             print(f"cache {label:<4} n={len(gw_ms):5d}  gateway p50 {g['p50']:7.2f} ms  p99 {g['p99']:7.2f} ms   "
                   f"client p50 {c['p50']:7.1f} ms  p99 {c['p99']:7.1f} ms")
+    if direct:
+        print(f"{len(direct)} concurrent 10 MB prompts straight to server A: statuses {direct}")
+    for v in ("A", "B"):
+        print(f"model server {v} resident memory: before {before[v][0]:.0f} MiB, peak {after[v][1]:.0f} MiB, "
+              f"after {after[v][0]:.0f} MiB")
     hits = [r["latency_ms"] for r in rows if r["cache_hit"]]
     if hits:
         p50 = percentiles(hits)["p50"]
         print(f"target cache-hit p50 <= 2 ms at the gateway: {'met' if p50 <= 2 else 'NOT met'} ({p50:.2f} ms)")
-    if server_5xx or len(rows) != len(results):
-        raise SystemExit("FAILED: 5xx responses or lost rows")
+    if valid_5xx or hostile_5xx or lost or wrong or any(s != 413 for s in direct):
+        raise SystemExit(f"FAILED: 5xx responses ({valid_5xx} valid, {hostile_5xx} hostile), {lost} lost rows, "
+                         f"unexpected statuses for {wrong or 'none'}, direct 10 MB prompts {direct}")
 
 
 if __name__ == "__main__":

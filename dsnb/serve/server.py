@@ -242,13 +242,17 @@ def create_app(engine: ModelEngine, api_key: str | None = None, max_concurrent: 
         response.headers.update(exc.headers or {})
         return response
 
-    def run(endpoint: str, params: _Params, ids_of: Callable[[], list[int]]) -> tuple[Generation, str]:
+    def run(endpoint: str, params: _Params, chars: int, ids_of: Callable[[], list[int]]) -> tuple[Generation, str]:
         if params.model not in (engine.name, engine.version):
             raise HTTPException(404, f"model {params.model!r} is not served here; this server serves {engine.name!r}")
+        try:
+            engine.check_prompt_size(chars)  # a prompt too long to fit is refused untokenised, even when busy
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
         t0 = time.perf_counter()
         with work.slot():
             try:
-                ids = ids_of()  # refuses a prompt too long to fit before tokenising it
+                ids = ids_of()
                 if not ids:
                     raise HTTPException(400, "the prompt is empty once tokenised: send some text")
                 gen = engine.generate(ids, params.max_tokens, params.temperature, params.top_p, params.seed)
@@ -267,7 +271,7 @@ def create_app(engine: ModelEngine, api_key: str | None = None, max_concurrent: 
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     def completions(req: CompletionRequest) -> dict:
-        gen, rid = run("/v1/completions", req, lambda: engine.text_ids(req.prompt))
+        gen, rid = run("/v1/completions", req, len(req.prompt), lambda: engine.text_ids(req.prompt))
         return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": engine.name,
                 "system_fingerprint": gen.version,
                 "choices": [{"index": 0, "text": gen.text, "logprobs": None, "finish_reason": gen.finish_reason}],
@@ -275,7 +279,7 @@ def create_app(engine: ModelEngine, api_key: str | None = None, max_concurrent: 
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     def chat(req: ChatRequest) -> dict:
-        gen, rid = run("/v1/chat/completions", req,
+        gen, rid = run("/v1/chat/completions", req, sum(len(m.content) for m in req.messages),
                        lambda: engine.chat_ids([m.model_dump() for m in req.messages]))
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": engine.name,
                 "system_fingerprint": gen.version,
