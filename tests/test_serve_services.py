@@ -176,3 +176,24 @@ def test_postgres_store_loses_nothing_across_a_restart(postgres_server):
     assert {r["request_id"] for r in store.rows("requests")} == {f"{k}-{i}" for k in ("before", "during")
                                                                   for i in range(100)}
     store.close()
+
+
+@pytest.mark.timeout(120)
+def test_hostile_rows_through_the_gateway_do_not_stall_postgres(postgres_server, model_server):
+    """A prompt with NUL (PostgreSQL text refuses it) is stored escaped; a 200-character user id (over varchar(128))
+    is refused at the door; the rows after them are committed."""
+    store = EventStore(postgres_server.url, retry_seconds=0.05)
+    gw = Gateway(Experiment("e", "s", {"A": 1}), {"A": [model_server.url]}, store=store, health_interval=3600,
+                 open_access=True)
+    with TestClient(gw.app) as c:
+        nul = c.post("/v1/completions", json={"model": "m", "user": "u", "prompt": "def f(x):\u0000", "max_tokens": 2})
+        long_user = _ask(c, "u" * 200)
+        feedback = c.post("/v1/feedback", json={"request_id": nul.json()["id"], "user": "u", "score": 1})
+        after = _ask(c, "v")
+    assert (nul.status_code, long_user.status_code, feedback.status_code, after.status_code) == (200, 422, 200, 200)
+    assert long_user.json()["error"]["param"] == "user"
+    store.flush()
+    rows = store.rows("requests")
+    assert [(r["user_id"], r["prompt"]) for r in rows][0] == ("u", "def f(x):\\u0000") and len(rows) == 2
+    assert store.count("feedback") == 1 and store.dead_lettered == 0
+    store.close()
