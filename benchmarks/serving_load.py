@@ -123,23 +123,24 @@ def _request(kind: str, user: str, prompt: str, unique: int | None, victim: str)
 
 
 async def _drive(url: str, prompts: list[str], n: int, clients: int, miss_share: float, hostile_share: float,
-                 seed: int, victim: str) -> list[tuple]:
+                 seed: int, victim: str) -> tuple[list[tuple], float]:
+    """Send the planned requests from ``clients`` concurrent clients; (kind, status, cache, request id, seconds,
+    429 retries) per request, and the wall time."""
     rng = np.random.default_rng(seed)
     kinds = list(HOSTILE)
     plan = []
     for i in range(n):
         kind = kinds[int(rng.integers(len(kinds)))] if rng.random() < hostile_share else "valid"
-        plan.append((kind, f"user-{i % 500}", prompts[int(rng.integers(len(prompts)))],
-                     i if rng.random() < miss_share else None))
+        user, prompt = f"user-{i % 500}", prompts[int(rng.integers(len(prompts)))]
+        plan.append((kind, *_request(kind, user, prompt, i if rng.random() < miss_share else None, victim)))
     queue: asyncio.Queue = asyncio.Queue()
-    for item in plan:
+    for item in plan:  # bodies built before the clock starts: the clients only send
         queue.put_nowait(item)
     out: list[tuple] = []
 
     async def client(http: httpx.AsyncClient) -> None:
         while not queue.empty():
-            kind, user, prompt, unique = queue.get_nowait()
-            path, content, headers = _request(kind, user, prompt, unique, victim)
+            kind, path, content, headers = queue.get_nowait()
             t0 = time.perf_counter()
             for attempt in range(1, RETRIES_429 + 2):  # a 429 is retried after Retry-After, as the openai client does
                 r = await http.post(url + path, content=content, headers=headers)
@@ -150,8 +151,9 @@ async def _drive(url: str, prompts: list[str], n: int, clients: int, miss_share:
                         time.perf_counter() - t0, attempt - 1))
 
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as http:
+        t0 = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
-    return out
+        return out, time.perf_counter() - t0
 
 
 async def _direct_oversized(url: str, n: int) -> list[int]:
@@ -188,10 +190,8 @@ def main() -> None:
                                   json={"model": "x", "user": "victim", "max_tokens": 4, "temperature": 0,
                                         "messages": [{"role": "user", "content": prompts[0]}]})
                 assert warm.status_code == 200, warm.text
-                t0 = time.perf_counter()
-                results = asyncio.run(_drive(g.url, prompts, args.requests, args.clients, args.miss_share,
-                                             args.hostile_share, args.seed, warm.headers["x-request-id"]))
-                wall = time.perf_counter() - t0
+                results, wall = asyncio.run(_drive(g.url, prompts, args.requests, args.clients, args.miss_share,
+                                                   args.hostile_share, args.seed, warm.headers["x-request-id"]))
             store.flush()
             time.sleep(2.0)  # let the servers settle before reading their memory
             after = {v: _memory(p.pid) for v, p in (("A", sa), ("B", sb))}
