@@ -54,3 +54,30 @@ def test_model_server_from_the_command_line(base_dir):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_gateway_without_client_keys_says_what_to_do(monkeypatch, tmp_path):
+    """No $DSNB_GATEWAY_KEYS and no --open-access: a clear message before anything starts, not a traceback."""
+    monkeypatch.delenv("DSNB_GATEWAY_KEYS", raising=False)
+    with pytest.raises(SystemExit, match="DSNB_GATEWAY_KEYS.*--open-access"):
+        main(["gateway", "--variant", "A=http://127.0.0.1:9", "--database", str(tmp_path / "e.sqlite")])
+    assert not (tmp_path / "e.sqlite").exists()  # refused before the store was opened
+
+
+def test_gateway_open_access_and_keys_from_the_command_line(monkeypatch, tmp_path):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.setdefault("app", app))
+    base = ["gateway", "--variant", "A=http://127.0.0.1:9", "--database", str(tmp_path / "e.sqlite")]
+    monkeypatch.setenv("DSNB_GATEWAY_KEYS", "k1,k2")
+    assert main(base) == 0
+    from fastapi.testclient import TestClient
+
+    with TestClient(seen.pop("app")) as client:
+        assert client.get("/v1/models").status_code == 401
+        assert client.get("/v1/models", headers={"Authorization": "Bearer k2"}).status_code == 200
+    monkeypatch.delenv("DSNB_GATEWAY_KEYS")
+    assert main([*base, "--open-access"]) == 0
+    with TestClient(seen.pop("app")) as client:
+        assert client.get("/v1/models").status_code == 200

@@ -4,8 +4,10 @@
     python -m dsnb.serve gateway --variant A=http://127.0.0.1:8001 --variant B=http://127.0.0.1:8002 --port 8000
 
 Both bind 127.0.0.1 unless ``--host`` says otherwise. The model server requires the API key in
-``$DSNB_API_KEY`` when that is set (and the gateway sends it to its backends); ``REDIS_URL`` and
-``DATABASE_URL`` switch the gateway's cache and event store to Redis and PostgreSQL.
+``$DSNB_API_KEY`` when that is set (and the gateway sends it to its backends). The gateway requires
+one of its own client keys from ``$DSNB_GATEWAY_KEYS`` (comma-separated); ``--open-access`` turns
+that off, and the gateway says so at start-up. ``REDIS_URL`` and ``DATABASE_URL`` switch the
+gateway's cache and event store to Redis and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--salt", default="salt-1", help="hash salt; a new salt reshuffles users")
     g.add_argument("--database", default="events.sqlite", help="SQLite file when DATABASE_URL is not set")
     g.add_argument("--cache-ttl", type=float, default=300.0, help="seconds a cached answer lives")
+    g.add_argument("--open-access", action="store_true",
+                   help="accept clients without a key (default: keys from $DSNB_GATEWAY_KEYS are required)")
     for p in (m, g):
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=8000)
@@ -119,10 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         from dsnb.serve.cache import make_cache
         from dsnb.serve.gateway import Experiment, Gateway
 
+        from dsnb.serve.gateway import client_keys_from
+
         pools = _variants(args.variant)
         experiment = Experiment(args.experiment, args.salt, _weights(args.weights, list(pools)))
+        try:
+            keys = client_keys_from(None, args.open_access)
+        except ValueError as exc:
+            raise SystemExit(f"{exc} (or start with --open-access on a trusted network)") from None
         store = _open_store(args.database)
-        app = Gateway(experiment, pools, make_cache(args.cache_ttl), store, backend_api_key=api_key).app
+        app = Gateway(experiment, pools, make_cache(args.cache_ttl), store, backend_api_key=api_key,
+                      client_keys=keys or None, open_access=args.open_access).app
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     finally:
