@@ -121,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(engine, api_key=api_key)
     else:
         from dsnb.serve.cache import make_cache
-        from dsnb.serve.gateway import Experiment, Gateway
-
-        from dsnb.serve.gateway import client_keys_from
+        from dsnb.serve.gateway import Experiment, Gateway, client_keys_from
 
         pools = _variants(args.variant)
         experiment = Experiment(args.experiment, args.salt, _weights(args.weights, list(pools)))
