@@ -114,5 +114,5 @@ def test_offload_is_only_proposed_when_the_host_has_the_ram():
 
 @pytest.mark.parametrize("gib", [float("inf"), float("nan"), 0, -8])
 def test_gpu_spec_refuses_memory_that_is_not_a_positive_finite_number(gib):
-    with pytest.raises(ValueError, match="positive, finite number of GiB"):
+    with pytest.raises(ValueError, match="positive number of GiB, and finite"):
         gpu_spec(gib)

@@ -58,7 +58,7 @@ def gpu_spec(gpu: str | GPUSpec | float) -> GPUSpec:
         return gpu
     if isinstance(gpu, int | float):
         if not 0 < gpu < float("inf"):
-            raise ValueError(f"GPU memory must be a positive, finite number of GiB, not {gpu!r}")
+            raise ValueError(f"GPU memory must be a positive number of GiB, and finite, not {gpu!r}")
         return GPUSpec(f"custom {gpu:g} GiB", int(gpu * GiB))
     if gpu not in GPUS:
         raise ValueError(f"unknown GPU {gpu!r}; choose from {sorted(GPUS)} or pass its memory in GiB")
