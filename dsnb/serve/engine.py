@@ -1,22 +1,46 @@
-"""One causal LM loaded for serving: chat template, bounded generation, hot swap and rollback (notebook 10).
+"""One causal LM loaded for serving: chat template, dynamic batching, hot swap and rollback (notebook 10).
 
-``ModelEngine`` holds the model, its tokenizer and a version string. ``generate`` runs one request at
-a time under a lock (a CPU or a single GPU gains nothing from interleaving ``model.generate`` calls;
-a serving engine such as vLLM batches them instead). ``swap`` replaces the model between two requests
-under the same lock, so a request in flight finishes on the old weights and the next one gets the new
-ones: no request fails during a swap; ``rollback`` puts the previous model back. A prompt with more
-characters than the context window could hold (``max_prompt_chars``) is refused before it is tokenised.
+``ModelEngine`` holds the model, its tokenizer and a version string. ``generate`` puts a request on a
+queue and waits for its answer; one background worker thread per engine takes requests off the queue
+in batches and answers each batch with one ``model.generate`` call (left padding, an attention mask,
+each request stopping at its own ``max_tokens`` or end-of-sequence). A batch starts once
+``max_batch`` requests are waiting, once the next request would take the padded batch over
+``max_batch_tokens``, or ``max_wait_ms`` after its first request was queued, whichever comes first:
+an idle engine holds a lone request back at most ``max_wait_ms``; under load the requests that
+arrived while a batch ran form the next one at once. ``max_batch=1`` is the old one-at-a-time engine.
+
+Every request can share a batch: greedy rows take the arg-max, and each sampled row draws from its own
+``torch.Generator`` (seeded with the request's ``seed``, else at random) with its own temperature and
+top-p, so a seeded answer is the same whatever else is in its batch. Greedy output batched equals
+greedy output alone, token for token (tests/test_serve_batching.py; the logits differ only in float
+rounding, about 1e-5, from matrix products of a different shape). Identical requests in flight
+(same ids and parameters; greedy, or sampled with a seed) are generated once and answered to all.
+
+``swap`` replaces the model between two batches under the engine's lock, so a batch in flight
+finishes on the old weights and the next one gets the new ones: no request fails during a swap;
+``rollback`` puts the previous model back. A prompt with more characters than the context window
+could hold (``max_prompt_chars``) is refused before it is tokenised.
 """
 
 from __future__ import annotations
 
+import queue
+import random
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from dsnb.model.load import TINY_MODEL_NAME, base_model, load_model
 from dsnb.train.dpo import TINY_SFT_NAME, sft_model
@@ -48,8 +72,11 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (end-of-sequence token) or "length" (max_tokens reached)
-    seconds: float
+    seconds: float  # what the caller waited in the engine: queue_seconds plus its batch's generation
     version: str
+    queue_seconds: float = 0.0  # from queued to its batch starting
+    batch_size: int = 1  # requests generated in the same model.generate call
+    shared: bool = False  # answered from an identical request's generation in flight (coalesced)
 
 
 def load_for_serving(name_or_path: str, adapter: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -69,27 +96,148 @@ def load_for_serving(name_or_path: str, adapter: str | None = None) -> tuple[Pre
     return model, tok
 
 
+#: Default most requests in one batch (the server's MAX_CONCURRENT is 32).
+MAX_BATCH = 16
+#: Default longest an idle engine holds a request back, waiting for others to batch with (milliseconds).
+MAX_WAIT_MS = 5.0
+#: Default most padded tokens (rows x (longest prompt + largest max_tokens)) in one batch.
+MAX_BATCH_TOKENS = 16_384
+#: Seconds an idle worker thread waits for work before it exits (the next request starts a new one).
+WORKER_IDLE_SECONDS = 30.0
+
+
+@dataclass(eq=False)
+class _Job:
+    """One queued request (or several identical ones) and the future its callers wait on."""
+
+    ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    key: tuple | None
+    queued: float = field(default_factory=time.perf_counter)
+    future: Future = field(default_factory=Future)
+
+
+class RowSampler(LogitsProcessor):
+    """Sampling per row of a batch, each row with its own temperature, top-p and ``torch.Generator``.
+
+    Greedy rows (temperature 0) are left as they are; a sampled row draws one token by inverse CDF from
+    its own generator and keeps only that token's score, so the arg-max that ``model.generate`` then
+    takes is the draw. A row's tokens depend on its own seed and logits only, not on its batch.
+    """
+
+    def __init__(self, rows: list[tuple[float, float, int | None]]) -> None:
+        self.rows = [(t, p, torch.Generator().manual_seed(random.getrandbits(63) if s is None else s) if t > 0 else None)
+                     for t, p, s in rows]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for i, (temperature, top_p, gen) in enumerate(self.rows):
+            if gen is None:
+                continue
+            probs = torch.softmax(scores[i].float() / temperature, dim=-1)
+            sorted_p, order = probs.sort(descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < top_p  # the smallest set holding top_p of the mass
+            keep[0] = True
+            kept = sorted_p * keep
+            u = torch.rand((), generator=gen) * kept.sum()
+            pick = min(int(torch.searchsorted(kept.cumsum(-1), u.reshape(1)).item()), kept.numel() - 1)
+            row = torch.full_like(scores[i], float("-inf"))
+            row[order[pick]] = 0.0
+            scores[i] = row
+        return scores
+
+
+class RowLimit(StoppingCriteria):
+    """Stop each row of a batch at its own ``max_tokens`` (``model.generate`` then pads it)."""
+
+    def __init__(self, prompt_width: int, max_tokens: list[int]) -> None:
+        self.width, self.limits = prompt_width, torch.tensor(max_tokens)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return (input_ids.shape[1] - self.width) >= self.limits.to(input_ids.device)
+
+
+def generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
+                   max_tokens: list[int], sampling: list[tuple[float, float, int | None]]) -> list[tuple[list[int], bool]]:
+    """(new ids, stopped at end-of-sequence) per prompt, generated together in one ``model.generate`` call.
+
+    Prompts are left-padded and masked (``model.generate`` derives the position ids from the mask, so a
+    padded prompt sees the positions it would see alone); ``sampling`` holds (temperature, top_p, seed)
+    per prompt. Taught in notebook 10.
+    """
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    processors = LogitsProcessorList([RowSampler(sampling)] if any(t > 0 for t, _, _ in sampling) else [])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(max_tokens), do_sample=False,
+                             pad_token_id=pad, eos_token_id=eos, logits_processor=processors,
+                             stopping_criteria=StoppingCriteriaList([RowLimit(width, max_tokens)]))
+    answers = []
+    for row, limit in zip(out[:, width:].tolist(), max_tokens, strict=True):
+        new = row[:limit]
+        stopped = eos in new
+        answers.append((new[:new.index(eos)] if stopped else new, stopped))
+    return answers
+
+
 class ModelEngine:
-    """A model, its tokenizer and version, served one request at a time; swappable without downtime."""
+    """A model, its tokenizer and version, served in dynamic batches by one worker thread; swappable without downtime.
+
+    ``max_batch`` requests at most per batch (1: one at a time), ``max_wait_ms`` the longest an idle
+    engine holds a request back for company, ``max_batch_tokens`` the most padded tokens in a batch.
+    Taught in notebook 10.
+    """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, version: str = "v1",
-                 context_limit: int | None = None) -> None:
+                 context_limit: int | None = None, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
+                 max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token before serving")
+        if max_batch < 1 or max_wait_ms < 0 or max_batch_tokens < 1:
+            raise ValueError(f"max_batch={max_batch!r}, max_wait_ms={max_wait_ms!r}, max_batch_tokens="
+                             f"{max_batch_tokens!r}: need max_batch >= 1, max_wait_ms >= 0, max_batch_tokens >= 1")
         self.name = name
         self.model, self.tokenizer, self.version = model, tokenizer, version
         self.context_limit = int(context_limit or getattr(model.config, "max_position_embeddings", 2048))
+        self.max_batch, self.max_wait_ms, self.max_batch_tokens = max_batch, max_wait_ms, max_batch_tokens
         self._previous: tuple[PreTrainedModel, PreTrainedTokenizerBase, str] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while a batch generates and while the model is swapped
         self._token_chars: dict[int, int] = {}  # id(tokenizer) -> its longest token's text
-        self.ready = True
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._pending = threading.Lock()  # guards _inflight and _worker
+        self._inflight: dict[tuple, _Job] = {}
+        self._carry: _Job | None = None  # a job that did not fit the last batch's token budget: first in the next
+        self._worker: threading.Thread | None = None
+        self._ready = True
+        self.batches = 0  # batches generated so far
+        self.coalesced = 0  # requests answered from an identical request in flight
 
     @classmethod
     def load(cls, name_or_path: str, version: str | None = None, adapter: str | None = None,
-             name: str | None = None) -> ModelEngine:
-        """Load ``name_or_path`` (and ``adapter``) for serving under the model id ``name``."""
+             name: str | None = None, **batching: Any) -> ModelEngine:
+        """Load ``name_or_path`` (and ``adapter``) for serving under the model id ``name``; ``batching``:
+        ``max_batch``, ``max_wait_ms``, ``max_batch_tokens``."""
         model, tok = load_for_serving(name_or_path, adapter)
-        return cls(model, tok, name or name_or_path, version or "v1")
+        return cls(model, tok, name or name_or_path, version or "v1", **batching)
+
+    @property
+    def ready(self) -> bool:
+        """A model is loaded and the worker is alive or can be started (False once set so, or if it crashed)."""
+        return self._ready and (self._worker is None or self._worker.is_alive())
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self._ready = value
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch (not counting the batch generating now)."""
+        return self._queue.qsize() + (self._carry is not None)
 
     @property
     def max_prompt_chars(self) -> int:
@@ -127,30 +275,102 @@ class ModelEngine:
 
     def generate(self, ids: list[int], max_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0,
                  seed: int | None = None) -> Generation:
-        """Generate up to ``max_tokens`` tokens after ``ids``: greedy at temperature 0, sampled otherwise."""
+        """Generate up to ``max_tokens`` tokens after ``ids``: greedy at temperature 0, sampled otherwise.
+
+        Blocks until the request's batch is done. ``Generation.seconds`` is the time the caller waited
+        here (in the queue plus its batch's generation), ``queue_seconds`` the queue part and
+        ``batch_size`` the requests generated with it. Safe to call from many threads at once.
+        """
         if len(ids) + max_tokens > self.context_limit:
             raise PromptTooLong(len(ids), max_tokens, self.context_limit)
-        with self._lock:
-            model, tok, version = self.model, self.tokenizer, self.version
-            t0 = time.perf_counter()
-            sampling: dict[str, Any] = {"do_sample": False}
-            if temperature > 0:
-                sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
-                if seed is not None:
-                    torch.manual_seed(seed)
-            device = next(model.parameters()).device
-            with torch.no_grad():
-                out = model.generate(input_ids=torch.tensor([ids], device=device),
-                                     attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                                     max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id,
-                                     eos_token_id=tok.eos_token_id, **sampling)
-            seconds = time.perf_counter() - t0
-        new = out[0, len(ids):].tolist()
-        stopped = tok.eos_token_id in new
-        if stopped:
-            new = new[:new.index(tok.eos_token_id)]
-        return Generation(tok.decode(new, skip_special_tokens=True), len(ids), len(new),
-                          "stop" if stopped else "length", seconds, version)
+        t0 = time.perf_counter()
+        # greedy ignores top_p and seed; an unseeded sample must stay a fresh draw, so it is never shared
+        key = ((tuple(ids), max_tokens, 0.0, 1.0, None) if temperature <= 0
+               else (tuple(ids), max_tokens, temperature, top_p, seed) if seed is not None else None)
+        with self._pending:
+            job = self._inflight.get(key) if key is not None else None
+            shared = job is not None
+            if job is None:
+                job = _Job(list(ids), max_tokens, temperature, top_p, seed, key)
+                if key is not None:
+                    self._inflight[key] = job
+                self._queue.put(job)
+                if self._worker is None or not self._worker.is_alive():
+                    self._worker = threading.Thread(target=self._work, name=f"dsnb-engine-{self.name}", daemon=True)
+                    self._worker.start()
+            else:
+                self.coalesced += 1
+        gen: Generation = job.future.result()
+        return replace(gen, seconds=time.perf_counter() - t0, shared=shared) if shared else gen
+
+    def _next_batch(self) -> list[_Job] | None:
+        """The next batch: the first job, then whatever arrives until ``max_wait_ms`` after it was queued,
+        ``max_batch`` jobs or the token budget. None when the worker has been idle ``WORKER_IDLE_SECONDS``."""
+        first, self._carry = self._carry, None
+        if first is None:
+            try:
+                first = self._queue.get(timeout=WORKER_IDLE_SECONDS)
+            except queue.Empty:
+                return None
+        batch = [first]
+        deadline = first.queued + self.max_wait_ms / 1000  # a job queued during the last batch waits no longer
+        width, longest = len(first.ids), first.max_tokens
+        while len(batch) < self.max_batch:
+            try:
+                job = self._queue.get(timeout=max(deadline - time.perf_counter(), 0.0))
+            except queue.Empty:
+                break
+            w, m = max(width, len(job.ids)), max(longest, job.max_tokens)
+            if (len(batch) + 1) * (w + m) > self.max_batch_tokens:
+                self._carry = job
+                break
+            batch.append(job)
+            width, longest = w, m
+        return batch
+
+    def _work(self) -> None:
+        """The worker thread: batch after batch until idle (then it exits; ``generate`` starts another)."""
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                with self._pending:  # generate queues and checks for a worker under the same lock
+                    if self._queue.empty() and self._carry is None:
+                        self._worker = None
+                        return
+                continue
+            self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        """Generate ``batch`` in one call on the served model and answer every job (a failed batch of
+        several is retried one job at a time, so one bad request cannot fail the others)."""
+        started = time.perf_counter()
+        try:
+            with self._lock:
+                model, tok, version = self.model, self.tokenizer, self.version
+                answers = generate_batch(model, tok, [j.ids for j in batch], [j.max_tokens for j in batch],
+                                         [(j.temperature, j.top_p, j.seed) for j in batch])
+                self.batches += 1
+        except Exception as exc:  # noqa: BLE001 - the callers get the exception
+            if len(batch) > 1:
+                for job in batch:
+                    self._run([job])
+                return
+            self._finish(batch[0], exc)
+            return
+        done = time.perf_counter()
+        for job, (new, stopped) in zip(batch, answers, strict=True):
+            self._finish(job, Generation(tok.decode(new, skip_special_tokens=True), len(job.ids), len(new),
+                                         "stop" if stopped else "length", done - job.queued, version,
+                                         started - job.queued, len(batch)))
+
+    def _finish(self, job: _Job, result: Generation | BaseException) -> None:
+        with self._pending:
+            if job.key is not None and self._inflight.get(job.key) is job:
+                del self._inflight[job.key]
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)
 
     def swap(self, model: PreTrainedModel, version: str, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
         """Serve ``model`` as ``version`` from the next request on; the current model is kept for ``rollback``."""
