@@ -2,7 +2,9 @@
 
 ``create_app`` builds a FastAPI app with ``/v1/completions``, ``/v1/chat/completions`` (the model's
 chat template), ``/v1/models``, ``/healthz`` (the process is up), ``/readyz`` (a model is loaded) and
-Prometheus ``/metrics`` (requests, latency histogram, generated tokens and errors by model version).
+Prometheus ``/metrics`` (requests, latency histogram, generated tokens and errors by model version; the
+batch size each request was generated in, its wait in the engine's queue, requests coalesced with an
+identical one in flight). ``/readyz`` also reports the requests queued for the next batch.
 The official ``openai`` client works against it unchanged, and the gateway (``dsnb.serve.gateway``)
 talks to it only through this API, so vLLM's OpenAI server can stand in for it.
 
@@ -31,7 +33,14 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -46,6 +55,8 @@ MAX_BODY_BYTES = 1 << 20
 MAX_CONCURRENT = 32
 #: Latency buckets (seconds) of the request histograms: 1 ms to 30 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Batch-size buckets of ``dsnb_model_batch_size``.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def valid_unicode(text: str) -> str:
@@ -164,6 +175,13 @@ class ServerMetrics:
                               registry=self.registry)
         self.errors = Counter("dsnb_model_errors", "Requests that failed, by kind and model version",
                               ["kind", "version"], registry=self.registry)
+        self.batch_size = Histogram("dsnb_model_batch_size", "Requests in the batch each request was generated in",
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        self.queue_wait = Histogram("dsnb_model_queue_seconds", "Seconds a request waited for its batch to start",
+                                    buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.coalesced = Counter("dsnb_model_coalesced_requests", "Requests answered from an identical request "
+                                 "in flight (generated once)", registry=self.registry)
+        self.queued = Gauge("dsnb_model_queued_requests", "Requests waiting for the next batch", registry=self.registry)
 
 
 def too_large_message(max_body_bytes: int) -> str:
@@ -263,6 +281,11 @@ def create_app(engine: ModelEngine, api_key: str | None = None, max_concurrent: 
         metrics.latency.labels(endpoint, gen.version).observe(time.perf_counter() - t0)
         metrics.requests.labels(endpoint, "200", gen.version).inc()
         metrics.tokens.labels(gen.version).inc(gen.completion_tokens)
+        if gen.shared:
+            metrics.coalesced.inc()
+        else:  # a coalesced answer's batch was counted with the request that queued it
+            metrics.batch_size.observe(gen.batch_size)
+            metrics.queue_wait.observe(gen.queue_seconds)
         return gen, f"{'chatcmpl' if 'chat' in endpoint else 'cmpl'}-{uuid.uuid4().hex[:24]}"
 
     def usage(gen: Generation) -> dict[str, int]:
@@ -298,11 +321,14 @@ def create_app(engine: ModelEngine, api_key: str | None = None, max_concurrent: 
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
-        ok = engine.ready
-        return JSONResponse({"ready": ok, "model": engine.name, "version": engine.version}, status_code=200 if ok else 503)
+        ok = engine.ready  # False if the engine was marked down or its batching worker died
+        queued = int(getattr(engine, "queued", 0))
+        return JSONResponse({"ready": ok, "model": engine.name, "version": engine.version, "queued": queued,
+                             "in_progress": work.active}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     def prometheus() -> Response:
+        metrics.queued.set(int(getattr(engine, "queued", 0)))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
