@@ -1,8 +1,12 @@
 """Load test of the A/B gateway on loopback (notebook 10): req/s, p50 / p99 latency, and a hostile mix that must get 4xx.
 
-Two model servers (the course's SFT model, one per variant, each its own process started with
-``python -m dsnb.serve model`` and an API key) and the gateway (in this process, with a client key)
-run on free loopback ports; ``--clients`` concurrent clients send ``--requests`` requests in total.
+Two model servers (the course's SFT model, one per variant, each its own process serving
+``create_app(ModelEngine(...))`` with an API key, as ``python -m dsnb.serve model`` does) and the gateway
+(in this process, with a client key) run on free loopback ports; ``--clients`` concurrent clients send
+``--requests`` requests in total. The whole run is done twice, with the same plan: model servers that
+answer one request at a time (``max_batch=1``) and model servers that batch (``--max-batch``, the
+engine's dynamic batching); the end compares the two (throughput ratio, cache-miss p50 / p99 ratios,
+memory). Targets for batching: >= 3x the throughput and a miss p50 at most a third of one-at-a-time.
 Valid requests repeat one of 40 questions at temperature 0 (cache hits after the first time);
 ``--miss-share`` of them carry a unique seed, which makes them cacheable but never seen before (cache
 misses that reach a model). ``--hostile-share`` of all requests are hostile, drawn evenly from
@@ -16,10 +20,11 @@ each kind of request got, the 5xx counts, lost rows (valid requests answered 200
 the event store) and each model server's resident memory before the run, at its peak and after.
 A 429 (a model server at its limit of requests in progress) is retried after its ``Retry-After``, as
 the openai client does; the number of retries is printed.
-It fails unless valid requests get no 5xx, hostile ones get their 4xx, and no row is lost. Target:
-cache-hit p50 <= 2 ms at the gateway.
+It fails unless valid requests get no 5xx, hostile ones get their 4xx, and no row is lost, in both
+runs. Target: cache-hit p50 <= 2 ms at the gateway.
 
     python benchmarks/serving_load.py [--requests 2000] [--clients 50] [--miss-share 0.1] [--hostile-share 0.2]
+                                      [--max-batch 16]
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from transformers.utils.logging import disable_progress_bar
 
 from dsnb.data.corpus import course_corpus
@@ -55,6 +61,11 @@ HOSTILE = {"no_key": 401, "malformed_json": 422, "nan_temperature": 422, "empty_
 JSON = {"content-type": "application/json"}
 #: How often a client retries a 429 (a model server working on its limit of requests) before giving up.
 RETRIES_429 = 10
+#: A model server process: the course's SFT model behind create_app, batching up to argv[1] requests.
+SERVER = ("import os, sys, uvicorn; from dsnb.serve.engine import ModelEngine; from dsnb.serve.server import create_app; "
+          "e = ModelEngine.load('dsnb-tiny-sft', 'sft-v2', name='course-model', max_batch=int(sys.argv[1])); "
+          "uvicorn.run(create_app(e, api_key=os.environ['DSNB_API_KEY']), host='127.0.0.1', port=int(sys.argv[2]), "
+          "log_level='warning')")
 
 
 def _free_port() -> int:
@@ -74,11 +85,10 @@ def _memory(pid: int) -> tuple[float, float]:
     return rss, peak
 
 
-def _start_model_server(log: Path) -> tuple[subprocess.Popen, str]:
+def _start_model_server(log: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = dict(os.environ, DSNB_API_KEY=BACKEND_KEY, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    proc = subprocess.Popen([sys.executable, "-m", "dsnb.serve", "model", "--model", "dsnb-tiny-sft", "--name",
-                             "course-model", "--version", "sft-v2", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(max_batch), str(port)], env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -166,19 +176,21 @@ async def _direct_oversized(url: str, n: int) -> list[int]:
     return [r.status_code for r in rs]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--miss-share", type=float, default=0.1)
-    parser.add_argument("--hostile-share", type=float, default=0.2)
-    parser.add_argument("--direct-oversized", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    disable_progress_bar()
-    prompts = [q.prompt for q in summary_questions(course_corpus().pairs_in("test")[:40])]
+def _server_metrics(url: str) -> dict[str, float]:
+    """A model server's batching figures from /metrics: requests batched, their mean batch size, coalesced."""
+    samples = {(x.name, x.labels.get("le")): x.value for fam in text_string_to_metric_families(httpx.get(url + "/metrics").text)
+               for x in fam.samples}
+    n = samples.get(("dsnb_model_batch_size_count", None), 0.0)
+    return {"batched": n, "mean_batch": samples.get(("dsnb_model_batch_size_sum", None), 0.0) / n if n else 0.0,
+            "coalesced": samples.get(("dsnb_model_coalesced_requests_total", None), 0.0)}
+
+
+def run(args: argparse.Namespace, prompts: list[str], max_batch: int) -> dict:
+    """One load run against two model servers batching up to ``max_batch`` requests; prints it, returns its figures."""
+    print(f"\n=== model servers with max_batch={max_batch} ({'one request at a time' if max_batch == 1 else 'batched'})")
     with tempfile.TemporaryDirectory() as tmp:
-        (sa, url_a), (sb, url_b) = _start_model_server(Path(tmp) / "a.log"), _start_model_server(Path(tmp) / "b.log")
+        (sa, url_a), (sb, url_b) = (_start_model_server(Path(tmp) / "a.log", max_batch),
+                                    _start_model_server(Path(tmp) / "b.log", max_batch))
         store = EventStore(f"sqlite:///{Path(tmp) / 'events.sqlite'}")
         try:
             before = {v: _memory(p.pid) for v, p in (("A", sa), ("B", sb))}
@@ -195,6 +207,7 @@ def main() -> None:
             store.flush()
             time.sleep(2.0)  # let the servers settle before reading their memory
             after = {v: _memory(p.pid) for v, p in (("A", sa), ("B", sb))}
+            batching = [_server_metrics(u) for u in (url_a, url_b)]
             rows = store.rows("requests")
             dead = store.dead_lettered
         finally:
@@ -221,13 +234,19 @@ def main() -> None:
         wrong += [kind] if set(got) - {expected} else []
         print(f"hostile {kind:<19} n={sum(got.values()):4d}  statuses {dict(sorted(got.items()))}  (expected {expected})")
     print(f"hostile 5xx: {hostile_5xx}")
+    figures: dict = {"max_batch": max_batch, "req_s": len(results) / wall, "5xx": valid_5xx + hostile_5xx, "lost": lost,
+                     "answered": len(answered), "peak_mib": max(after[v][1] for v in after)}
     for label in ("hit", "miss"):
         gw_ms = [r["latency_ms"] for r in rows if r["cache_hit"] == (label == "hit") and r["status"] == 200]
         client_ms = [1000 * r[4] for r in valid if r[2] == label]
         if gw_ms and client_ms:
             g, c = percentiles(gw_ms), percentiles(client_ms)
+            figures[label] = {"n": len(gw_ms), "p50": g["p50"], "p99": g["p99"]}
             print(f"cache {label:<4} n={len(gw_ms):5d}  gateway p50 {g['p50']:7.2f} ms  p99 {g['p99']:7.2f} ms   "
                   f"client p50 {c['p50']:7.1f} ms  p99 {c['p99']:7.1f} ms")
+    for v, b in zip("AB", batching, strict=True):
+        print(f"model server {v}: {b['batched']:.0f} requests generated in batches of {b['mean_batch']:.1f} on average "
+              f"(per request), {b['coalesced']:.0f} answered from an identical request in flight")
     if direct:
         print(f"{len(direct)} concurrent 10 MB prompts straight to server A: statuses {direct}")
     for v in ("A", "B"):
@@ -237,9 +256,39 @@ def main() -> None:
     if hits:
         p50 = percentiles(hits)["p50"]
         print(f"target cache-hit p50 <= 2 ms at the gateway: {'met' if p50 <= 2 else 'NOT met'} ({p50:.2f} ms)")
-    if valid_5xx or hostile_5xx or lost or wrong or any(s != 413 for s in direct):
-        raise SystemExit(f"FAILED: 5xx responses ({valid_5xx} valid, {hostile_5xx} hostile), {lost} lost rows, "
-                         f"unexpected statuses for {wrong or 'none'}, direct 10 MB prompts {direct}")
+    figures["failed"] = bool(valid_5xx or hostile_5xx or lost or wrong or any(s != 413 for s in direct))
+    if figures["failed"]:
+        print(f"FAILED: 5xx responses ({valid_5xx} valid, {hostile_5xx} hostile), {lost} lost rows, "
+              f"unexpected statuses for {wrong or 'none'}, direct 10 MB prompts {direct}")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--miss-share", type=float, default=0.1)
+    parser.add_argument("--hostile-share", type=float, default=0.2)
+    parser.add_argument("--direct-oversized", type=int, default=3)
+    parser.add_argument("--max-batch", type=int, default=16, help="the batched run's max_batch (the other: 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    disable_progress_bar()
+    prompts = [q.prompt for q in summary_questions(course_corpus().pairs_in("test")[:40])]
+    one, batched = run(args, prompts, 1), run(args, prompts, args.max_batch)
+    print("\n=== batched against one at a time (same plan)")
+    ratio = batched["req_s"] / one["req_s"]
+    print(f"throughput: {batched['req_s']:.0f} against {one['req_s']:.0f} req/s: {ratio:.1f}x (target >= 3x)")
+    if "miss" in one and "miss" in batched:
+        m1, mb = one["miss"], batched["miss"]
+        print(f"cache miss at the gateway: p50 {mb['p50'] / 1000:.2f} s against {m1['p50'] / 1000:.2f} s "
+              f"({m1['p50'] / mb['p50']:.1f}x lower, target >= 3x), p99 {mb['p99'] / 1000:.2f} s against "
+              f"{m1['p99'] / 1000:.2f} s; misses {mb['n']} against {m1['n']}")
+    print(f"5xx: {batched['5xx']} and {one['5xx']}; rows lost: {batched['lost']} of {batched['answered']} and "
+          f"{one['lost']} of {one['answered']}; peak model-server memory {batched['peak_mib']:.0f} against "
+          f"{one['peak_mib']:.0f} MiB")
+    if one["failed"] or batched["failed"]:
+        raise SystemExit("FAILED: see the runs above")
 
 
 if __name__ == "__main__":
