@@ -288,6 +288,7 @@ def test_gateway_refuses_a_database_in_a_missing_directory(tmp_path, monkeypatch
     from dsnb.serve.__main__ import main
 
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DSNB_GATEWAY_KEYS", "k")
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the gateway started"))
     missing = tmp_path / "no-such-dir" / "events.sqlite"
     with pytest.raises(SystemExit, match=re.escape(f"--database {missing}: the directory {missing.parent} does not")):
@@ -309,6 +310,6 @@ def test_gateway_refuses_variants_that_are_not_urls(spec):
 def test_fits_refuses_an_infinite_gpu(gpu):
     from dsnb.plan.hardware import fits
 
-    with pytest.raises(ValueError, match="GPU memory must be a positive, finite number of GiB"):
+    with pytest.raises(ValueError, match="GPU memory must be a positive number of GiB, and finite"):
         fits({"vocab_size": 32000, "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
               "intermediate_size": 11008}, gpu=gpu)

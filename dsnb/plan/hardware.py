@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import itertools
-import math
 import os
 import platform
 from collections.abc import Callable
@@ -58,7 +57,7 @@ def gpu_spec(gpu: str | GPUSpec | float) -> GPUSpec:
         return gpu
     if isinstance(gpu, int | float):
         if not 0 < gpu < float("inf"):
-            raise ValueError(f"GPU memory must be a positive number of GiB, and finite, not {gpu!r}")
+            raise ValueError(f"GPU memory must be a positive number of GiB, and finite, not {gpu!r} (e.g. 80)")
         return GPUSpec(f"custom {gpu:g} GiB", int(gpu * GiB))
     if gpu not in GPUS:
         raise ValueError(f"unknown GPU {gpu!r}; choose from {sorted(GPUS)} or pass its memory in GiB")
@@ -255,8 +254,6 @@ def fits(model: Any, plan: TrainingPlan | None = None, gpu: str | GPUSpec | floa
     (CPU RAM of the machine, all GPUs together), a change whose CPU offload needs more is skipped;
     the row always shows the CPU RAM an offloading plan needs.
     """
-    if isinstance(gpu, float) and not math.isfinite(gpu):  # int(inf * GiB) would raise OverflowError
-        raise ValueError(f"gpu={gpu!r}: GPU memory must be a positive, finite number of GiB (e.g. 80)")
     spec = gpu_spec(gpu)
     plan = replace(plan or TrainingPlan(), **changes)
     shape = _as_shape(model)
