@@ -4,7 +4,8 @@ Two model servers (the course's SFT model, one per variant, each its own process
 ``create_app(ModelEngine(...))`` with an API key, as ``python -m dsnb.serve model`` does) and the gateway
 (in this process, with a client key) run on free loopback ports; ``--clients`` concurrent clients send
 ``--requests`` requests in total. The whole run is done twice, with the same plan: model servers that
-answer one request at a time (``max_batch=1``) and model servers that batch (``--max-batch``, the
+answer one request at a time (``max_batch=1``, without merging identical requests in flight: the engine
+before batching) and model servers that batch (``--max-batch``, the
 engine's dynamic batching); the end compares the two (throughput ratio, cache-miss p50 / p99 ratios,
 memory). Targets for batching: >= 3x the throughput and a miss p50 at most a third of one-at-a-time.
 Valid requests repeat one of 40 questions at temperature 0 (cache hits after the first time);
@@ -61,9 +62,11 @@ HOSTILE = {"no_key": 401, "malformed_json": 422, "nan_temperature": 422, "empty_
 JSON = {"content-type": "application/json"}
 #: How often a client retries a 429 (a model server working on its limit of requests) before giving up.
 RETRIES_429 = 10
-#: A model server process: the course's SFT model behind create_app, batching up to argv[1] requests.
+#: A model server process: the course's SFT model behind create_app, batching up to argv[1] requests (1: one at
+#: a time, and identical requests in flight generated separately, as the engine did before batching).
 SERVER = ("import os, sys, uvicorn; from dsnb.serve.engine import ModelEngine; from dsnb.serve.server import create_app; "
-          "e = ModelEngine.load('dsnb-tiny-sft', 'sft-v2', name='course-model', max_batch=int(sys.argv[1])); "
+          "n = int(sys.argv[1]); e = ModelEngine.load('dsnb-tiny-sft', 'sft-v2', name='course-model', max_batch=n, "
+          "coalesce=n > 1); "
           "uvicorn.run(create_app(e, api_key=os.environ['DSNB_API_KEY']), host='127.0.0.1', port=int(sys.argv[2]), "
           "log_level='warning')")
 

@@ -80,7 +80,7 @@ def test_concurrent_requests_share_a_batch_and_get_their_own_answers(engine, pro
     assert eight.batches == 1 and {g.batch_size for g in gens} == {8}
     for i, g in enumerate(gens):
         assert g.text == engine.tokenizer.decode(alone(engine, prompts[i], 10 + i), skip_special_tokens=True)
-        assert g.completion_tokens <= 10 + i and g.seconds >= g.queue_seconds >= 0
+        assert g.completion_tokens <= 10 + i and g.seconds > 0 and g.queue_seconds >= 0
 
 
 def test_identical_requests_in_flight_are_generated_once(engine, prompts):
@@ -160,3 +160,9 @@ def test_metrics_show_batch_size_queue_wait_and_coalescing_and_readyz_the_queue(
     coalesced = next(float(line.split()[-1]) for line in text.splitlines()
                      if line.startswith("dsnb_model_coalesced_requests_total"))
     assert count + coalesced == 4 and coalesced == 3
+
+
+def test_coalescing_can_be_turned_off(engine, prompts):
+    apart = ModelEngine(engine.model, engine.tokenizer, "apart", max_batch=1, coalesce=False)
+    gens = together(3, lambda i: apart.generate(prompts[0], 4), hold=apart._lock)
+    assert apart.coalesced == 0 and apart.batches == 3 and len({g.text for g in gens}) == 1

@@ -72,9 +72,9 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (end-of-sequence token) or "length" (max_tokens reached)
-    seconds: float  # what the caller waited in the engine: queue_seconds plus its batch's generation
+    seconds: float  # its batch's model.generate call (shared by the batch); the caller waited queue_seconds more
     version: str
-    queue_seconds: float = 0.0  # from queued to its batch starting
+    queue_seconds: float = 0.0  # from queued to its batch starting (latency in the engine: queue_seconds + seconds)
     batch_size: int = 1  # requests generated in the same model.generate call
     shared: bool = False  # answered from an identical request's generation in flight (coalesced)
 
@@ -189,13 +189,14 @@ class ModelEngine:
     """A model, its tokenizer and version, served in dynamic batches by one worker thread; swappable without downtime.
 
     ``max_batch`` requests at most per batch (1: one at a time), ``max_wait_ms`` the longest an idle
-    engine holds a request back for company, ``max_batch_tokens`` the most padded tokens in a batch.
-    Taught in notebook 10.
+    engine holds a request back for company, ``max_batch_tokens`` the most padded tokens in a batch;
+    ``coalesce=False`` generates identical requests in flight separately (``max_batch=1, coalesce=False``
+    is the engine before batching, the benchmark's baseline). Taught in notebook 10.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, version: str = "v1",
                  context_limit: int | None = None, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
-                 max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
+                 max_batch_tokens: int = MAX_BATCH_TOKENS, coalesce: bool = True) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token: set tokenizer.pad_token before serving")
         if max_batch < 1 or max_wait_ms < 0 or max_batch_tokens < 1:
@@ -205,6 +206,7 @@ class ModelEngine:
         self.model, self.tokenizer, self.version = model, tokenizer, version
         self.context_limit = int(context_limit or getattr(model.config, "max_position_embeddings", 2048))
         self.max_batch, self.max_wait_ms, self.max_batch_tokens = max_batch, max_wait_ms, max_batch_tokens
+        self.coalesce = coalesce
         self._previous: tuple[PreTrainedModel, PreTrainedTokenizerBase, str] | None = None
         self._lock = threading.Lock()  # held while a batch generates and while the model is swapped
         self._token_chars: dict[int, int] = {}  # id(tokenizer) -> its longest token's text
@@ -221,7 +223,7 @@ class ModelEngine:
     def load(cls, name_or_path: str, version: str | None = None, adapter: str | None = None,
              name: str | None = None, **batching: Any) -> ModelEngine:
         """Load ``name_or_path`` (and ``adapter``) for serving under the model id ``name``; ``batching``:
-        ``max_batch``, ``max_wait_ms``, ``max_batch_tokens``."""
+        ``max_batch``, ``max_wait_ms``, ``max_batch_tokens``, ``coalesce``."""
         model, tok = load_for_serving(name_or_path, adapter)
         return cls(model, tok, name or name_or_path, version or "v1", **batching)
 
@@ -277,16 +279,18 @@ class ModelEngine:
                  seed: int | None = None) -> Generation:
         """Generate up to ``max_tokens`` tokens after ``ids``: greedy at temperature 0, sampled otherwise.
 
-        Blocks until the request's batch is done. ``Generation.seconds`` is the time the caller waited
-        here (in the queue plus its batch's generation), ``queue_seconds`` the queue part and
-        ``batch_size`` the requests generated with it. Safe to call from many threads at once.
+        Blocks until the request's batch is done. ``Generation.seconds`` is the time of its batch's
+        ``model.generate`` call (as before batching: the generation, not the wait for it),
+        ``queue_seconds`` the wait before its batch started, so the latency in the engine is their sum;
+        ``batch_size`` counts the requests generated with it. A request answered from an identical one
+        in flight gets that one's figures and ``shared=True``. Safe to call from many threads at once.
         """
         if len(ids) + max_tokens > self.context_limit:
             raise PromptTooLong(len(ids), max_tokens, self.context_limit)
-        t0 = time.perf_counter()
         # greedy ignores top_p and seed; an unseeded sample must stay a fresh draw, so it is never shared
         key = ((tuple(ids), max_tokens, 0.0, 1.0, None) if temperature <= 0
                else (tuple(ids), max_tokens, temperature, top_p, seed) if seed is not None else None)
+        key = key if self.coalesce else None
         with self._pending:
             job = self._inflight.get(key) if key is not None else None
             shared = job is not None
@@ -301,7 +305,7 @@ class ModelEngine:
             else:
                 self.coalesced += 1
         gen: Generation = job.future.result()
-        return replace(gen, seconds=time.perf_counter() - t0, shared=shared) if shared else gen
+        return replace(gen, shared=True) if shared else gen
 
     def _next_batch(self) -> list[_Job] | None:
         """The next batch: the first job, then whatever arrives until ``max_wait_ms`` after it was queued,
@@ -360,7 +364,7 @@ class ModelEngine:
         done = time.perf_counter()
         for job, (new, stopped) in zip(batch, answers, strict=True):
             self._finish(job, Generation(tok.decode(new, skip_special_tokens=True), len(job.ids), len(new),
-                                         "stop" if stopped else "length", done - job.queued, version,
+                                         "stop" if stopped else "length", done - started, version,
                                          started - job.queued, len(batch)))
 
     def _finish(self, job: _Job, result: Generation | BaseException) -> None:
