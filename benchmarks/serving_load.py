@@ -155,11 +155,15 @@ async def _drive(url: str, prompts: list[str], n: int, clients: int, miss_share:
         while not queue.empty():
             kind, path, content, headers = queue.get_nowait()
             t0 = time.perf_counter()
-            for attempt in range(1, RETRIES_429 + 2):  # a 429 is retried after Retry-After, as the openai client does
-                r = await http.post(url + path, content=content, headers=headers)
-                if r.status_code != 429 or attempt > RETRIES_429:
-                    break
-                await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+            try:
+                for attempt in range(1, RETRIES_429 + 2):  # a 429 is retried after Retry-After, as openai's client does
+                    r = await http.post(url + path, content=content, headers=headers)
+                    if r.status_code != 429 or attempt > RETRIES_429:
+                        break
+                    await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+            except httpx.TransportError:  # the connection dropped (status 0): counted and printed, not a crash
+                out.append((kind, 0, None, None, time.perf_counter() - t0, 0))
+                continue
             out.append((kind, r.status_code, r.headers.get("x-cache"), r.headers.get("x-request-id"),
                         time.perf_counter() - t0, attempt - 1))
 
@@ -237,6 +241,9 @@ def run(args: argparse.Namespace, prompts: list[str], max_batch: int) -> dict:
         wrong += [kind] if set(got) - {expected} else []
         print(f"hostile {kind:<19} n={sum(got.values()):4d}  statuses {dict(sorted(got.items()))}  (expected {expected})")
     print(f"hostile 5xx: {hostile_5xx}")
+    dropped = Counter(r[0] for r in results if r[1] == 0)
+    if dropped:
+        print(f"connections dropped before an answer (status 0), by kind: {dict(dropped)}")
     figures: dict = {"max_batch": max_batch, "req_s": len(results) / wall, "5xx": valid_5xx + hostile_5xx, "lost": lost,
                      "answered": len(answered), "peak_mib": max(after[v][1] for v in after)}
     for label in ("hit", "miss"):
@@ -259,7 +266,8 @@ def run(args: argparse.Namespace, prompts: list[str], max_batch: int) -> dict:
     if hits:
         p50 = percentiles(hits)["p50"]
         print(f"target cache-hit p50 <= 2 ms at the gateway: {'met' if p50 <= 2 else 'NOT met'} ({p50:.2f} ms)")
-    figures["failed"] = bool(valid_5xx or hostile_5xx or lost or wrong or any(s != 413 for s in direct))
+    figures["failed"] = bool(valid_5xx or hostile_5xx or lost or wrong or any(s != 413 for s in direct)
+                             or any(r[1] != 200 for r in valid))
     if figures["failed"]:
         print(f"FAILED: 5xx responses ({valid_5xx} valid, {hostile_5xx} hostile), {lost} lost rows, "
               f"unexpected statuses for {wrong or 'none'}, direct 10 MB prompts {direct}")
