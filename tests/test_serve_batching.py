@@ -90,14 +90,15 @@ def test_identical_requests_in_flight_are_generated_once(engine, prompts):
     assert len({g.text for g in gens}) == 1 and sum(g.shared for g in gens) == 4
 
 
-def test_unseeded_samples_are_never_coalesced_and_seeded_ones_ignore_their_batch(engine, prompts):
+@pytest.mark.parametrize(("own_p", "others_p"), [(0.9, 1.0), (1.0, 0.5)])
+def test_unseeded_samples_are_never_coalesced_and_seeded_ones_ignore_their_batch(engine, prompts, own_p, others_p):
     coalesced = engine.coalesced
     together(3, lambda i: engine.generate(prompts[0], 8, temperature=1.0), hold=engine._lock)
     assert engine.coalesced == coalesced  # three independent draws, not one answer shared
-    by_itself = engine.generate(prompts[0], 12, temperature=1.0, top_p=0.9, seed=7)
+    by_itself = engine.generate(prompts[0], 12, temperature=1.0, top_p=own_p, seed=7)
     four = batch_of(engine, 4)
-    mixed = together(4, lambda i: four.generate(prompts[i], 12, temperature=1.0, top_p=0.9,
-                                                seed=7 if i == 0 else 100 + i))
+    mixed = together(4, lambda i: four.generate(prompts[i], 12, temperature=0.8 if i else 1.0,
+                                                top_p=others_p if i else own_p, seed=7 if i == 0 else 100 + i))
     assert mixed[0].batch_size == 4 and mixed[0].text == by_itself.text
 
 

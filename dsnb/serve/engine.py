@@ -133,19 +133,25 @@ class RowSampler(LogitsProcessor):
                      for t, p, s in rows]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for i, (temperature, top_p, gen) in enumerate(self.rows):
-            if gen is None:
-                continue
-            probs = torch.softmax(scores[i].float() / temperature, dim=-1)
-            sorted_p, order = probs.sort(descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < top_p  # the smallest set holding top_p of the mass
-            keep[0] = True
-            kept = sorted_p * keep
-            u = torch.rand((), generator=gen) * kept.sum()
-            pick = min(int(torch.searchsorted(kept.cumsum(-1), u.reshape(1)).item()), kept.numel() - 1)
-            row = torch.full_like(scores[i], float("-inf"))
-            row[order[pick]] = 0.0
-            scores[i] = row
+        rows = [i for i, (_, _, gen) in enumerate(self.rows) if gen is not None]
+        if not rows:
+            return scores
+        idx = torch.tensor(rows, device=scores.device)
+        temperature = torch.tensor([self.rows[i][0] for i in rows], device=scores.device)[:, None]
+        top_p = torch.tensor([self.rows[i][1] for i in rows], device=scores.device)[:, None]
+        probs = torch.softmax(scores[idx].float() / temperature, dim=-1)
+        order = torch.arange(probs.shape[-1], device=probs.device).expand_as(probs).clone()
+        cdf = probs.cumsum(-1)  # top_p = 1: every token, in id order (no sort needed)
+        part = top_p[:, 0] < 1
+        if bool(part.any()):  # top_p < 1: the smallest set of tokens holding top_p of the mass
+            sorted_p, order[part] = probs[part].sort(dim=-1, descending=True, stable=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < top_p[part]
+            keep[:, 0] = True
+            cdf[part] = (sorted_p * keep).cumsum(-1)
+        u = torch.stack([torch.rand((), generator=self.rows[i][2]) for i in rows]).to(scores.device)[:, None]
+        pick = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_(max=cdf.shape[-1] - 1)
+        chosen = torch.full_like(scores[idx], float("-inf")).scatter_(-1, order.gather(-1, pick), 0.0)
+        scores[idx] = chosen
         return scores
 
 
