@@ -36,7 +36,7 @@ def test_model_server_from_the_command_line(base_dir):
     port = _free_port()
     env = dict(os.environ, DSNB_API_KEY="k", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "dsnb.serve", "model", "--model", "dsnb-tiny", "--name", "m",
-                             "--version", "cli-v1", "--port", str(port)], env=env,
+                             "--version", "cli-v1", "--max-batch", "4", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

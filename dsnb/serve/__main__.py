@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--adapter", help="a LoRA adapter directory, merged into the model")
     m.add_argument("--name", help="the model id clients send (default: --model)")
     m.add_argument("--version", default="v1", help="model version reported in responses and metrics")
+    m.add_argument("--max-batch", type=int, default=16,
+                   help="requests generated together (dynamic batching); 1 answers one request at a time")
+    m.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long an idle engine waits for more requests to join a batch")
     g = sub.add_parser("gateway", help="A/B gateway and load balancer in front of model servers")
     g.add_argument("--variant", action="append", required=True, help="NAME=URL[,URL...]; repeat per variant")
     g.add_argument("--weights", help="NAME=WEIGHT,... (default: equal)")
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         from dsnb.serve.engine import ModelEngine
         from dsnb.serve.server import create_app
 
-        engine = ModelEngine.load(args.model, args.version, args.adapter, args.name)
+        engine = ModelEngine.load(args.model, args.version, args.adapter, args.name,
+                                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
         app = create_app(engine, api_key=api_key)
     else:
         from dsnb.serve.cache import make_cache
