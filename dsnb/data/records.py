@@ -167,6 +167,26 @@ def _not_utf8(exc: UnicodeDecodeError, where: str) -> str:
             "as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)")
 
 
+class NotUTF8(ValueError):
+    """A whole file that is not UTF-8: ``line`` and ``column`` (1-based) of the first bad byte, and what to do."""
+
+    def __init__(self, exc: UnicodeDecodeError) -> None:
+        raw = exc.object
+        self.line = raw.count(b"\n", 0, exc.start) + 1
+        self.column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        super().__init__(_not_utf8(exc, f"line {self.line}, column {self.column}"))
+        self.column_message = _not_utf8(exc, f"column {self.column}")
+
+
+def read_utf8(path: Path) -> str:
+    """The text of ``path`` (a BOM dropped); ``NotUTF8`` with the line and column of the first byte that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise NotUTF8(exc) from None
+
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -240,13 +260,10 @@ def _jsonl_rows(path: Path) -> tuple[list[tuple[int, Any]], list[RecordError]]:
 
 def _json_array_rows(path: Path) -> tuple[list[tuple[int, Any]], list[RecordError]]:
     """Elements of a top-level JSON array, each with the line it starts on (one pass: linear time)."""
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        return [], [RecordError(str(path), line, _not_utf8(exc, f"column {column}"))]
+        text = read_utf8(path)
+    except NotUTF8 as exc:
+        return [], [RecordError(str(path), exc.line, exc.column_message)]
     rows = _array_elements(text)
     if rows is not None:
         escapes = "\\u" in text

@@ -172,7 +172,7 @@ class FinetuneConfig:
         """
         import yaml
 
-        from dsnb.data.records import _not_utf8
+        from dsnb.data.records import NotUTF8, read_utf8
         from dsnb.values import load_yaml
 
         path = Path(path)
@@ -181,13 +181,10 @@ class FinetuneConfig:
                               "configs/sft/tiny.yaml")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; see configs/sft/ for examples")
-        raw = path.read_bytes()
         try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            line = raw.count(b"\n", 0, exc.start) + 1
-            column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-            raise ConfigError(f"{path}: {_not_utf8(exc, f'line {line}, column {column}')}") from None
+            text = read_utf8(path)
+        except NotUTF8 as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         try:
             values = load_yaml(text)
         except yaml.YAMLError as exc:
