@@ -10,7 +10,7 @@ import torch
 from transformers import DeepseekV3ForCausalLM, Trainer
 
 from dsnb.checklist import run_checklist
-from dsnb.checklist.measure import checkpoint_round_trip, short_run
+from dsnb.checklist.trials import checkpoint_round_trip, short_run
 from dsnb.model.pretrain import tiny_deepseek_config
 from dsnb.train.config import FinetuneConfig
 from dsnb.train.sft import build_trainer

@@ -1,6 +1,6 @@
 """The pre-flight checks, one function each: a measured value against a threshold, as one table row.
 
-Every function here decides; none measures (``dsnb.checklist.measure`` runs the short run, the thread
+Every function here decides; none measures (``dsnb.checklist.trials`` runs the short run, the thread
 timing and the checkpoint round trip; ``dsnb.checklist.run`` puts them together). Each returns a
 ``CheckRow`` whose status is ``pass``, ``warn``, ``fail`` or ``n.a.`` (not applicable, with the reason),
 so a bad input becomes a ``fail`` row that says what to do, never an exception.

@@ -25,8 +25,8 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from dsnb.checklist import checks
 from dsnb.checklist.checks import CheckRow
-from dsnb.checklist.measure import checkpoint_round_trip, short_run, time_threads
 from dsnb.checklist.shift import data_shift
+from dsnb.checklist.trials import checkpoint_round_trip, short_run, time_threads
 from dsnb.train.chat import to_dataset
 from dsnb.train.config import ConfigError, FinetuneConfig, launch_state, resolve_precision
 from dsnb.train.prepare import prepare_model

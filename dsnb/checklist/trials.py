@@ -1,4 +1,4 @@
-"""The measurements behind the checklist: a short run, a thread-count timing, a checkpoint round trip.
+"""The trials behind the checklist, each a measurement: a short run, a thread-count timing, a checkpoint round trip.
 
 - ``short_run``: the first ``steps`` optimizer steps of the real run (the recipe's own schedule, on a
   copy of the model), logging the gradient norm every step (the Trainer's, before clipping). On a CUDA
