@@ -2,7 +2,7 @@
 
 Run:  python benchmarks/memory_cpu.py
 
-For the tiny DeepSeek-V3 at a few batch sizes it prints (1) ``dsnb.plan.estimate``'s activation estimate,
+For the tiny DeepSeek-V3 at a few batch sizes it prints (1) ``dsnb.plan.memory``'s activation estimate,
 (2) the bytes autograd saves for backward (``measure_activation_bytes``: a saved-tensors pack hook,
 each storage once), and (3) the growth of the process's resident memory (RSS) across one forward
 pass, measured in a fresh subprocess after a warm-up step on a tiny batch. RSS also contains
@@ -41,8 +41,8 @@ def main() -> int:
     from transformers import DeepseekV3ForCausalLM
 
     from dsnb.model.pretrain import tiny_deepseek_config
-    from dsnb.plan.estimate import estimate_training_memory
     from dsnb.plan.measure import measure_activation_bytes
+    from dsnb.plan.memory import estimate_training_memory
 
     torch.manual_seed(0)
     model = DeepseekV3ForCausalLM(tiny_deepseek_config())

@@ -5,7 +5,7 @@ Run on a machine with an NVIDIA GPU:  python benchmarks/memory_gpu.py [--quick]
 For each case it builds a randomly initialised model of a published shape (no download), trains two
 AdamW steps and measures the peak of the second step (steady state: gradients and optimizer states
 exist, old gradients freed by ``zero_grad(set_to_none=True)``), then prints the estimate of
-``dsnb.plan.estimate.estimate_training_memory`` next to it and the ratio (target: within 15%).
+``dsnb.plan.memory.estimate_training_memory`` next to it and the ratio (target: within 15%).
 ``max_memory_allocated`` does not include the CUDA context or the allocator's cached-but-free blocks,
 and neither does the estimate. Where no GPU exists it says so and exits 0.
 """
@@ -45,7 +45,8 @@ def _measure(case: dict) -> tuple[float, float]:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from dsnb.model.lora import lora_target_modules, lora_target_parameters
-    from dsnb.plan.estimate import estimate_training_memory, load_model_config
+    from dsnb.plan.memory import estimate_training_memory
+    from dsnb.plan.shape import load_model_config
 
     values = case["model"] if isinstance(case["model"], dict) else load_model_config(case["model"])["config"]
     values = {k: v for k, v in values.items() if k not in ("torch_dtype", "transformers_version", "architectures")}

@@ -291,23 +291,24 @@ SHAPE = {"vocab_size": 32000, "hidden_size": 4096, "num_hidden_layers": 32, "num
     ({"reserve": -1}, r"reserve=-1: .* must be in \[0, 1\)"),
     ({"reserve": 1.0}, r"reserve=1.0"),
     ({"gpu": -24}, "GPU memory must be a positive number of GiB"),
-    ({"gpu": __import__("dsnb.plan.hardware", fromlist=["GPUSpec"]).GPUSpec("broken", 0)}, "must be positive"),
+    ({"gpu": __import__("dsnb.plan.gpus", fromlist=["GPUSpec"]).GPUSpec("broken", 0)}, "must be positive"),
     ({"max_gpus": 0}, "max_gpus=0"),
     ({"max_gpus": float("inf")}, "max_gpus=inf"),
     ({"host_ram_gib": -8}, "host_ram_gib=-8"),
 ])
 def test_fits_refuses_meaningless_inputs(kwargs, match):
-    from dsnb.plan.hardware import fits
+    from dsnb.plan.fit import fits
 
     with pytest.raises(ValueError, match=match):
         fits(**{"model": SHAPE, "gpu": "RTX 4090", **kwargs})
 
 
 def test_fits_search_is_bounded_for_huge_gpu_counts(monkeypatch):
-    import dsnb.plan.hardware as hardware
+    import dsnb.plan.fit as fit
+    from dsnb.plan.memory import TrainingPlan
 
     calls = []
-    real = hardware.estimate_training_memory
+    real = fit.estimate_training_memory
 
     def counted(*args, **kwargs):
         calls.append(1)
@@ -315,22 +316,22 @@ def test_fits_search_is_bounded_for_huge_gpu_counts(monkeypatch):
             raise AssertionError("the search for a fix tried more than 5000 plans")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(hardware, "estimate_training_memory", counted)
-    verdict = hardware.fits(SHAPE, gpu=0.01, max_gpus=32768)  # 10 MiB cards: nothing fits
+    monkeypatch.setattr(fit, "estimate_training_memory", counted)
+    verdict = fit.fits(SHAPE, gpu=0.01, max_gpus=32768)  # 10 MiB cards: nothing fits
     assert not verdict.fits and verdict.fix is None
     assert len(calls) < 5000
     # same order as trying every subset (fewest changes, then cheapest rank), one change per group
     import itertools
 
-    options = hardware._changes(hardware.TrainingPlan(micro_batch_size=4), 64)
+    options = fit._changes(TrainingPlan(micro_batch_size=4), 64)
     brute = [tuple(i for i, _ in c) for size in range(1, len(options) + 1)
              for c in sorted(itertools.combinations(enumerate(options), size), key=lambda c: sum(i for i, _ in c))
              if len({g for _, (g, _, _) in c}) == size]
-    assert hardware._combinations(options) == brute
+    assert fit._combinations(options) == brute
 
 
 def test_doctor_reports_a_cache_that_is_a_file(tmp_path, monkeypatch):
-    from dsnb.plan.doctor import render, system_checks
+    from dsnb.doctor import render, system_checks
 
     not_a_dir = tmp_path / "cache.txt"
     not_a_dir.write_text("oops")

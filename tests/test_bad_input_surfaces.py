@@ -308,7 +308,7 @@ def test_gateway_refuses_variants_that_are_not_urls(spec):
 
 @pytest.mark.parametrize("gpu", [float("inf"), float("nan")])
 def test_fits_refuses_an_infinite_gpu(gpu):
-    from dsnb.plan.hardware import fits
+    from dsnb.plan.fit import fits
 
     with pytest.raises(ValueError, match="GPU memory must be a positive number of GiB, and finite"):
         fits({"vocab_size": 32000, "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,

@@ -3,15 +3,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from dsnb.plan.doctor import (
-    Check,
-    dependency_minimum,
-    library_checks,
-    render,
-    required_versions,
-    run_checks,
-    version_at_least,
-)
+from dsnb.doctor import Check, library_checks, render, run_checks
+from dsnb.plan.probe import dependency_minimum, required_versions, version_at_least
 
 
 def test_version_comparison():

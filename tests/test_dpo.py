@@ -108,12 +108,13 @@ def test_head_to_head_by_hand():
 
 
 def test_dpo_memory_reference_copy():
-    from dsnb.plan.estimate import GiB, _as_shape
+    from dsnb.plan.memory import GiB
+    from dsnb.plan.shape import as_shape
 
     lora = dpo_memory("deepseek-coder-1.3b-base", method="lora")
     full = dpo_memory("deepseek-coder-1.3b-base", method="full")
     assert lora["reference weights"] == 0
-    assert full["reference weights"] == pytest.approx(_as_shape("deepseek-coder-1.3b-base").parameter_count() * 2 / GiB)
+    assert full["reference weights"] == pytest.approx(as_shape("deepseek-coder-1.3b-base").parameter_count() * 2 / GiB)
     assert full["total"] > lora["total"]
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from dsnb.exercises import nb00
-from dsnb.plan.estimate import GiB, ModelShape, TrainingPlan, estimate_training_memory, load_model_config
+from dsnb.plan.memory import GiB, TrainingPlan, estimate_training_memory
+from dsnb.plan.shape import ModelShape, load_model_config
 
 
 def test_bytes_per_param(capsys):

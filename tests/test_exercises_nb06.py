@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from dsnb.exercises import nb06
-from dsnb.plan.estimate import GiB, _as_shape
+from dsnb.plan.memory import GiB
+from dsnb.plan.shape import as_shape
 
 
 def test_pair_loss_by_hand(capsys):
@@ -25,7 +26,7 @@ def test_ipo_target():
 
 
 def test_reference_memory():
-    params = _as_shape(nb06.EX3_MODEL).parameter_count()
+    params = as_shape(nb06.EX3_MODEL).parameter_count()
     right = params * 2 / GiB
     assert 11 < right < 14  # about 6.7 billion parameters in bf16
     assert nb06.check_reference_memory(right)

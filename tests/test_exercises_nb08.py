@@ -4,7 +4,7 @@ notebook measures on its tiny model."""
 from __future__ import annotations
 
 from dsnb.exercises import nb08
-from dsnb.plan.estimate import TrainingPlan, estimate_training_memory
+from dsnb.plan.memory import TrainingPlan, estimate_training_memory
 
 
 def test_qk_savings():

@@ -1,12 +1,15 @@
-"""dsnb.plan.hardware: the probe, the GPU catalogue, the fit verdict and the claim tables."""
+"""dsnb.plan.probe, .gpus and .fit, and dsnb.hardware_claims: the probe, the GPU catalogue, the fit verdict and the claim tables."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dsnb.plan.estimate import GiB, TrainingPlan, estimate_training_memory
-from dsnb.plan.hardware import GPUS, _changes, article_hardware_claims, fits, gpu_spec, probe, version_checks
+from dsnb.hardware_claims import article_hardware_claims
+from dsnb.plan.fit import _changes, fits
+from dsnb.plan.gpus import GPUS, gpu_spec
+from dsnb.plan.memory import GiB, TrainingPlan, estimate_training_memory
+from dsnb.plan.probe import probe, version_checks
 
 
 def test_probe_reports_this_machine():

@@ -1,4 +1,4 @@
-"""dsnb.plan.estimate and dsnb.plan.measure: the estimator against hand-computed standard formulas and against real tensors."""
+"""dsnb.plan.memory, .shape, .activations and .measure: the estimator against hand-computed standard formulas and against real tensors."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from dsnb.model.load import TINY_ARCHITECTURES
 from dsnb.model.pretrain import tiny_deepseek_config
-from dsnb.plan.estimate import (
+from dsnb.plan.activations import activation_bytes, korthikanti_layer_bytes
+from dsnb.plan.measure import measure_activation_bytes, tiny_model_check
+from dsnb.plan.memory import (
     NF4_BYTES_PER_PARAM,
     OPTIMIZERS,
     PRECISIONS,
-    ModelShape,
     TrainingPlan,
-    activation_bytes,
     estimate_training_memory,
-    korthikanti_layer_bytes,
-    list_model_configs,
-    load_model_config,
     lora_parameter_count,
 )
-from dsnb.plan.measure import measure_activation_bytes, tiny_model_check
+from dsnb.plan.shape import ModelShape, list_model_configs, load_model_config
 
 # A small Llama shape whose numbers are easy to work out by hand.
 V, H, L, HEADS, INTER = 1000, 64, 2, 4, 128
@@ -265,7 +262,7 @@ def test_activation_measurement_counts_each_storage_once():
 
 def test_training_precision_names_map_onto_the_estimator():
     """FinetuneConfig's precisions (TrainingArguments' bf16/fp16 switches) are the estimator's -mixed ones."""
-    from dsnb.plan.estimate import TRAINING_PRECISIONS, TrainingPlan
+    from dsnb.plan.memory import TRAINING_PRECISIONS, TrainingPlan
     from dsnb.train.config import PRECISIONS as TRAIN_PRECISIONS
 
     assert set(TRAIN_PRECISIONS) - {"auto"} == set(TRAINING_PRECISIONS)

@@ -92,7 +92,7 @@ def test_training_code_imports_without_the_data_and_notebook_extras():
     """pip install dsnb (no extras) is enough for training: nothing on that path imports an extra's package."""
     blocked = ["radon", "datasketch", "nltk", "pytesseract", "PIL", "jupyterlab", "nbmake", "papermill", "nbformat"]
     code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
-            "import dsnb.train.sft, dsnb.train.cli, dsnb.model.pretrain, dsnb.model.load, dsnb.plan.doctor\n"
-            "checks = dsnb.plan.doctor.system_checks()\n"
+            "import dsnb.train.sft, dsnb.train.cli, dsnb.model.pretrain, dsnb.model.load, dsnb.doctor\n"
+            "checks = dsnb.doctor.system_checks()\n"
             "assert all(c.ok for c in checks if c.name.startswith('import ')), checks")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -1,6 +1,6 @@
 """Exercise checks and worked solutions for notebook 00 (setup, hardware and memory planning).
 
-Every expected value is computed by ``dsnb.plan.estimate`` / ``dsnb.plan.hardware``, never typed in.
+Every expected value is computed by ``dsnb.plan.memory`` / ``dsnb.plan.fit``, never typed in.
 The questions transfer the notebook's computation to a setting it does not print (another optimizer,
 another ZeRO stage and model, another card), so the page never shows their answers.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 
 from dsnb.exercises import Solutions, check_choice, check_number, words
-from dsnb.plan.estimate import GiB, ModelShape, TrainingPlan, estimate_training_memory, load_model_config
-from dsnb.plan.hardware import fits
+from dsnb.plan.fit import fits
+from dsnb.plan.memory import GiB, TrainingPlan, estimate_training_memory
+from dsnb.plan.shape import ModelShape, load_model_config
 
 SOLUTIONS = Solutions("00")
 solution = SOLUTIONS.show

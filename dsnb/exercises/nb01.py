@@ -12,7 +12,7 @@ from dsnb.exercises import Solutions, check_choice, check_number, names
 from dsnb.model.architecture import kv_cache_per_token
 from dsnb.model.load import TINY_ARCHITECTURES
 from dsnb.model.lora import lora_target_modules
-from dsnb.plan.estimate import ModelShape, load_model_config
+from dsnb.plan.shape import ModelShape, load_model_config
 
 SOLUTIONS = Solutions("01")
 solution = SOLUTIONS.show

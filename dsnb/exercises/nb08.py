@@ -7,7 +7,7 @@ model shapes, whose figures the notebook does not print.
 from __future__ import annotations
 
 from dsnb.exercises import Solutions, check_number
-from dsnb.plan.estimate import TrainingPlan, estimate_training_memory
+from dsnb.plan.memory import TrainingPlan, estimate_training_memory
 
 SOLUTIONS = Solutions("08")
 solution = SOLUTIONS.show

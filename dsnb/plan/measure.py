@@ -1,4 +1,4 @@
-"""Measuring training memory on real tensors, to check the estimate (``dsnb.plan.estimate``).
+"""Measuring training memory on real tensors, to check the estimate (``dsnb.plan.memory``).
 
 - ``measure_model_state_bytes``: weights, gradients and optimizer states after an optimizer step,
   each storage counted once.
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dsnb.plan.estimate import estimate_training_memory
+from dsnb.plan.memory import estimate_training_memory
 
 
 def _storage_bytes(t: Any) -> tuple[int, int]:

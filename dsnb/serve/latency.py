@@ -4,7 +4,7 @@ Generating one token at batch size 1 reads every active weight once from GPU mem
 bound by memory bandwidth: seconds per token ≈ active parameters × bytes per parameter / (bandwidth ×
 efficiency). Reading the prompt (prefill) is bound by compute: 2 × active parameters × prompt tokens /
 (bf16 FLOP/s × utilisation). ``estimate_response_seconds`` adds the two for a model from
-``configs/models`` (through ``dsnb.plan.estimate``) on a GPU of ``GPU_SPECS``.
+``configs/models`` (through ``dsnb.plan.shape``) on a GPU of ``GPU_SPECS``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dsnb.plan.estimate import ModelShape, load_model_config
+from dsnb.plan.shape import ModelShape, load_model_config
 
 
 @dataclass(frozen=True)
