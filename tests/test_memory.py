@@ -70,14 +70,16 @@ def test_realistic_mixed_precision_is_18_bytes_per_param():
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
 def test_the_accountings_differ_only_for_mixed_precision(precision, method):
-    plans = [dict(), dict(zero_stage=3, num_gpus=4), dict(zero_stage=2, num_gpus=2, offload="optimizer")]
+    plans = [dict(), dict(zero_stage=3, num_gpus=4), dict(zero_stage=2, num_gpus=2, offload="optimizer"),
+             dict(zero_stage=2, num_gpus=8)]
     for extra in plans:
         lo = estimate_training_memory(LLAMA, precision=precision, method=method, **extra)
-        hi = estimate_training_memory(LLAMA, precision=precision, method=method, accounting="realistic", **extra)
-        assert hi.total >= lo.total and hi.cpu_offloaded >= lo.cpu_offloaded
-        assert hi.activations == lo.activations
-        same_states = method != "full" or precision in ("fp32", "bf16-pure")
-        assert (hi.model_states == lo.model_states) is same_states or extra.get("offload")
+        for accounting in ("realistic", "deepspeed") if extra else ("realistic",):
+            hi = estimate_training_memory(LLAMA, precision=precision, method=method, accounting=accounting, **extra)
+            assert hi.total >= lo.total and hi.cpu_offloaded >= lo.cpu_offloaded
+            assert hi.activations == lo.activations
+            same_states = method != "full" or precision in ("fp32", "bf16-pure")
+            assert (hi.model_states == lo.model_states) is same_states or extra.get("offload")
 
 
 def test_offload_realistic_is_fp32_gradients_times_deepspeeds_buffer():
@@ -89,17 +91,62 @@ def test_offload_realistic_is_fp32_gradients_times_deepspeeds_buffer():
 
 
 
+@pytest.mark.parametrize("accounting", ["realistic", "deepspeed"])
 @pytest.mark.parametrize("offload", ["none", "optimizer", "optimizer+params"])
-def test_realistic_zero3_equals_deepspeeds_own_estimator(offload):
+def test_zero3_equals_deepspeeds_own_estimator(offload, accounting):
     """DeepSpeed's ``estimate_zero3_model_states_mem_needs`` (largest layer left out: we count it as temporary)."""
     stage3 = pytest.importorskip("deepspeed.runtime.zero.stage3")
     n = 4
     cpu, gpu = stage3.estimate_zero3_model_states_mem_needs(P, 0, num_gpus_per_node=n, cpu_offload=offload != "none",
                                                             cpu_offload_params=offload == "optimizer+params")[:2]
-    b = estimate_training_memory(LLAMA, zero_stage=3, num_gpus=n, offload=offload, accounting="realistic")
+    b = estimate_training_memory(LLAMA, zero_stage=3, num_gpus=n, offload=offload, accounting=accounting)
     steps = 4 * TENSORS  # AdamW's fp32 step scalars, which DeepSpeed leaves out
     assert b.model_states == pytest.approx(gpu + (steps / n if offload == "none" else 0), abs=1)
     assert b.cpu_offloaded == pytest.approx(cpu + (1.5 * steps if offload != "none" else 0))
+
+
+@pytest.mark.parametrize("model", [LLAMA, "deepseek-coder-6.7b-base", "llama-13b"])
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("offload", ["none", "optimizer"])
+def test_deepspeed_zero2_equals_deepspeeds_own_estimator(model, n, offload):
+    """DeepSpeed's ``estimate_zero2_model_states_mem_needs``: 2 + 18/N bytes per parameter on each GPU (16-bit
+    and fp32 gradient partitions), and on the CPU each process's fp32 copy of the model or the offloaded states."""
+    stage12 = pytest.importorskip("deepspeed.runtime.zero.stage_1_and_2")
+    shape = ModelShape.from_config(LLAMA if isinstance(model, dict) else load_model_config(model))
+    params, steps = shape.parameter_count(), 4 * shape.tensor_count()  # DeepSpeed leaves AdamW's step scalars out
+    cpu, gpu = stage12.estimate_zero2_model_states_mem_needs(params, num_gpus_per_node=n, cpu_offload=offload != "none")
+    b = estimate_training_memory(shape, zero_stage=2, num_gpus=n, offload=offload, accounting="deepspeed")
+    assert b.model_states == pytest.approx(gpu + (steps / n if offload == "none" else 0), abs=1)
+    offloaded_steps = 1.5 * steps if offload != "none" and 4 * n <= 16 else 0  # the max() is the offloaded states
+    assert b.cpu_offloaded == pytest.approx(cpu + offloaded_steps, abs=1)
+    assert "deepspeed accounting" in b.details["plan"]
+
+
+def test_deepspeed_zero2_differs_from_realistic_by_the_16bit_gradients_and_the_loading_copies():
+    """Llama-2-7B-sized shape, 8 GPUs: 2 + 18/8 vs 2 + 16/8 bytes per parameter on each GPU; on the CPU
+    4 × 8 (every process loads the model in fp32) vs the 16 offloaded, times 1.5."""
+    plan = TrainingPlan(zero_stage=2, num_gpus=8)
+    steps = 4 * TENSORS
+    ds = estimate_training_memory(LLAMA, plan, accounting="deepspeed")
+    rl = estimate_training_memory(LLAMA, plan, accounting="realistic")
+    assert ds.model_states - rl.model_states == pytest.approx(2 * P / 8)
+    assert ds.gradients == pytest.approx(6 * P / 8) and ds.weights == rl.weights == 2 * P
+    assert ds.cpu_offloaded == pytest.approx(1.5 * 4 * 8 * P) and rl.cpu_offloaded == 0
+    off_ds = estimate_training_memory(LLAMA, plan, offload="optimizer", accounting="deepspeed")
+    off_rl = estimate_training_memory(LLAMA, plan, offload="optimizer", accounting="realistic")
+    assert off_ds.model_states == off_rl.model_states == 2 * P
+    assert off_ds.cpu_offloaded == pytest.approx(1.5 * 32 * P) and off_rl.cpu_offloaded == pytest.approx(1.5 * (16 * P + steps))
+
+
+def test_deepspeed_zero1_keeps_the_16bit_gradients_whole():
+    """DeepSpeed publishes no ZeRO-1 estimator; stage 1 is stage 2 with the 16-bit gradients unpartitioned: 4 + 16/N."""
+    n = 4
+    b = estimate_training_memory(LLAMA, zero_stage=1, num_gpus=n, accounting="deepspeed")
+    assert b.model_states == pytest.approx((4 + 16 / n) * P + 4 * TENSORS / n)
+    one = estimate_training_memory(LLAMA, zero_stage=1, num_gpus=1, accounting="deepspeed")
+    assert one.model_states == estimate_training_memory(LLAMA, zero_stage=2, num_gpus=1, accounting="deepspeed").model_states
+    with pytest.raises(ValueError, match="zero_stage 1-3"):
+        TrainingPlan(accounting="deepspeed")
 
 
 def test_optimizers_and_precisions_order_as_expected():

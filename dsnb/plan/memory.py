@@ -17,21 +17,28 @@ The accounting, with its sources:
   parameter tensor (counted, so the tiny-model check is exact). ``adamw-8bit`` (bitsandbytes) keeps
   m and v in 8 bits with one fp32 scale per 256 values; ``sgd`` keeps nothing, ``sgd-momentum`` one
   buffer.
-- **Two accountings** (``TrainingPlan.accounting``). ``"minimum"`` is the ZeRO paper's 16 bytes
-  above. ``"realistic"`` is what the stacks that run it hold: DeepSpeed and Megatron-LM keep the
-  gradients in fp32 for the optimizer (2 weights + 4 fp32 gradients + 4 master + 4 + 4 = **18 bytes
-  per trained parameter**, DeepSpeed's ``estimate_zero3_model_states_mem_needs`` and Megatron's
+- **Three accountings** (``TrainingPlan.accounting``). ``"minimum"`` is the ZeRO paper's 16 bytes
+  above. ``"realistic"`` is what the stacks that run it hold: DeepSpeed's ZeRO-3 and Megatron-LM keep
+  the gradients in fp32 for the optimizer (2 weights + 4 fp32 gradients + 4 master + 4 + 4 = **18
+  bytes per trained parameter**, DeepSpeed's ``estimate_zero3_model_states_mem_needs`` and Megatron's
   distributed-optimizer table), and without ZeRO PyTorch autocast keeps fp32 weights and gradients
-  plus a 16-bit copy of every weight made during forward (4 + 2 + 4 + 8 = 18 as well). Only mixed
-  precision differs; ``fp32``, ``bf16-pure`` and the LoRA adapters (fp32, the frozen base is not
-  copied by autocast) count the same in both. Every figure says which accounting it uses.
+  plus a 16-bit copy of every weight made during forward (4 + 2 + 4 + 8 = 18 as well).
+  ``"deepspeed"`` is DeepSpeed's own estimators, stage by stage (ZeRO stages 1-3 only): ZeRO-3 as
+  realistic; ZeRO-2 as ``estimate_zero2_model_states_mem_needs``, which counts the 16-bit gradient
+  partition beside the fp32 one (``2 + 18/N`` bytes per parameter on each of N GPUs) and, on the
+  CPU, the fp32 copy of the whole model each process holds while loading (``4·N`` bytes per
+  parameter, or the offloaded ``16`` if larger, times 1.5); ZeRO-1 the same with the 16-bit
+  gradients whole (``4 + 16/N``; DeepSpeed publishes no stage-1 estimator). Only full fine-tuning
+  in mixed precision differs; ``fp32``, ``bf16-pure`` and the LoRA adapters (fp32, the frozen base
+  is not copied by autocast) count the same in all three. Every figure says which accounting it uses.
 - **ZeRO** (same paper): stage 1 splits optimizer states (with the fp32 master copy) across the
   GPUs, stage 2 also gradients, stage 3 also the 16-bit weights. ``offload="optimizer"`` moves
   optimizer states and the gradient partitions to CPU RAM where the CPU runs the optimizer step
   (ZeRO-Offload, Ren et al. 2021); ``"optimizer+params"`` also the weights (ZeRO-3 only). The
   minimum counts what the paper draws there (optimizer states + 16-bit gradients, 14 bytes per
   parameter); the realistic accounting counts fp32 gradients (16 bytes per parameter) times the
-  1.5 that DeepSpeed's own estimator adds for pinned buffers (24 bytes per parameter).
+  1.5 that DeepSpeed's own estimator adds for pinned buffers (24 bytes per parameter). One node:
+  ``num_gpus`` GPUs share its CPU RAM.
 - **LoRA** (Hu et al. 2021) freezes the base weights (16-bit, 2 bytes; 4 in fp32) and trains
   ``r·(in + out)`` parameters per adapted matrix; peft keeps adapters in fp32, so each costs
   4 + 4 + 8 = 16 bytes with AdamW. Routed experts stored as one 3-D tensor ``(E, out, in)`` get
@@ -90,8 +97,9 @@ ATTENTIONS = ("flash", "eager")
 
 
 
-#: "minimum": the ZeRO paper's 16 bytes per parameter; "realistic": DeepSpeed / Megatron / autocast's 18.
-ACCOUNTINGS = ("minimum", "realistic")
+#: "minimum": the ZeRO paper's 16 bytes per parameter; "realistic": DeepSpeed ZeRO-3 / Megatron / autocast's 18;
+#: "deepspeed": DeepSpeed's own estimators stage by stage (ZeRO-2: 2 + 18/N on the GPU, fp32 load copies on the CPU).
+ACCOUNTINGS = ("minimum", "realistic", "deepspeed")
 
 
 #: DeepSpeed's ``additional_buffer_factor`` for CPU offload memory (its own estimators use 1.5).
@@ -138,6 +146,9 @@ class TrainingPlan:
             raise ValueError("CPU offload needs ZeRO (zero_stage 1-3); set zero_stage or offload='none'")
         if self.offload == "optimizer+params" and self.zero_stage != 3:
             raise ValueError("offloading parameters needs zero_stage=3")
+        if self.accounting == "deepspeed" and self.zero_stage == 0:
+            raise ValueError("accounting='deepspeed' follows DeepSpeed's ZeRO estimators: set zero_stage 1-3, "
+                             "or use accounting='realistic' without ZeRO")
 
     def describe(self) -> str:
         """A one-line summary such as ``lora r=16, bf16-mixed, adamw, ckpt, ZeRO-3 × 4 GPUs, b=1 s=2048``."""
@@ -262,7 +273,9 @@ def estimate_training_memory(model: Any, plan: TrainingPlan | None = None, **cha
     w16 = 4 if prec == "fp32" else 2  # working weights / gradients / activations
     master = 4 if prec in ("fp16-mixed", "bf16-mixed") else 0
 
-    realistic = plan.accounting == "realistic" and master > 0
+    realistic = plan.accounting != "minimum" and master > 0
+    deepspeed = plan.accounting == "deepspeed" and master > 0 and method == "full" and z < 3
+    fp32_grads = 0.0  # DeepSpeed ZeRO-1/2's fp32 gradient partition: split with the optimizer states from stage 1
     if method == "full":
         trainable, t_tensors = total_params, total_tensors
         weights = total_params * w16
@@ -271,7 +284,9 @@ def estimate_training_memory(model: Any, plan: TrainingPlan | None = None, **cha
         frozen_weights = 0.0
         if realistic and z == 0:  # autocast: fp32 weights (the master) + a 16-bit copy, fp32 gradients
             weights, grads, opt = total_params * (4 + w16), trainable * 4, opt - trainable * master
-        elif realistic:  # DeepSpeed / Megatron: 16-bit weights, fp32 gradients, fp32 master + moments
+        elif deepspeed:  # DeepSpeed ZeRO-1/2: 16-bit gradients beside the fp32 gradient partition
+            fp32_grads = trainable * 4.0
+        elif realistic:  # DeepSpeed ZeRO-3 / Megatron: 16-bit weights, fp32 gradients, fp32 master + moments
             grads = trainable * 4
     else:
         trainable, t_tensors = lora_parameter_count(shape, plan.lora_rank, plan.lora_targets)
@@ -290,20 +305,24 @@ def estimate_training_memory(model: Any, plan: TrainingPlan | None = None, **cha
     cpu = 0.0
     if z >= 1:
         opt /= n
+        fp32_grads /= n
     if z >= 2:
         grads /= n
     if z >= 3:
         weights /= n
         frozen_weights /= n
     if plan.offload != "none":  # ZeRO-Offload: optimizer step on the CPU, gradient partitions sent there
-        cpu += (opt + grads) * n
-        opt = grads = 0.0
+        cpu += (opt + (fp32_grads if deepspeed else grads)) * n  # DeepSpeed reduces 16-bit gradients into fp32 there
+        opt = grads = fp32_grads = 0.0
     if plan.offload == "optimizer+params":
         cpu += (weights + frozen_weights) * n
         weights = frozen_weights = 0.0
-    if plan.accounting == "realistic":
+    if deepspeed:  # DeepSpeed's ZeRO-2 estimator: each of the n processes holds the whole model in fp32 while loading
+        cpu = max(cpu, 4.0 * total_params * n)
+    if plan.accounting != "minimum":
         cpu *= OFFLOAD_BUFFER_FACTOR
     weights += frozen_weights
+    grads += fp32_grads
 
     acts = activation_bytes(shape, plan.micro_batch_size, plan.seq_len, act_bytes=w16,
                             gradient_checkpointing=plan.gradient_checkpointing, attention=plan.attention)
