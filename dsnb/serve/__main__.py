@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen server in the foreground (Ctrl-C stops it)."""
     import uvicorn
 
+    from dsnb.serve.runner import KEEP_ALIVE_S
+
     parser = argparse.ArgumentParser(prog="python -m dsnb.serve", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("model", help="serve one model behind the OpenAI-compatible API")
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         app = Gateway(experiment, pools, make_cache(args.cache_ttl), store, backend_api_key=api_key,
                       client_keys=keys or None, open_access=args.open_access).app
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_keep_alive=KEEP_ALIVE_S)
     finally:
         if store is not None:
             store.close()  # commit every queued row before exiting

@@ -83,6 +83,9 @@ logger = logging.getLogger(__name__)
 GATEWAY_KEYS_ENV = "DSNB_GATEWAY_KEYS"
 #: Requests the gateway handles at once by default; the next one gets 429.
 MAX_IN_FLIGHT = 256
+#: Seconds the gateway keeps an idle connection to a backend for reuse: under the 5 s after which a backend on
+#: uvicorn's defaults closes it (see ``dsnb.serve.runner.KEEP_ALIVE_S`` for the servers dsnb starts).
+BACKEND_KEEP_ALIVE_S = 2.0
 
 
 @dataclass
@@ -510,7 +513,11 @@ class Gateway:
             if self.open_access:
                 logger.warning("gateway %r serves without a client key (open_access=True): anyone who can reach it "
                                "can use the backends; keep it on loopback", self.experiment.name)
-            self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=200))
+            # An idle connection to a backend is dropped after BACKEND_KEEP_ALIVE_S, before a backend on uvicorn's
+            # default (5 s: vLLM's server, for one) closes it: reusing one the backend is closing at that moment
+            # fails without an answer and would count as the backend failing.
+            self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=200,
+                                                                keepalive_expiry=BACKEND_KEEP_ALIVE_S))
             await self.check_health()
             task = asyncio.create_task(self._health_loop())
             try:

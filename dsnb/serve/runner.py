@@ -14,13 +14,18 @@ from typing import Any
 
 import uvicorn
 
+#: Seconds a server keeps an idle keep-alive connection open. Longer than its clients keep theirs (httpx 5 s,
+#: a load balancer's 60 s): when a server closes an idle connection first, a client that reuses it at that very
+#: moment sees the connection drop without an answer. uvicorn's own default is 5 s, the same as httpx's.
+KEEP_ALIVE_S = 75.0
+
 
 class BackgroundServer:
     """``with BackgroundServer(app) as srv: httpx.get(srv.url + "/healthz")``: uvicorn in a thread."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30.0) -> None:
         self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                     lifespan="on")
+                                     lifespan="on", timeout_keep_alive=KEEP_ALIVE_S)
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{host}:{port}", daemon=True)
         self.start_timeout = start_timeout
