@@ -6,7 +6,7 @@ white space and trims the ends (it does not lower-case: code is case-sensitive).
 requests are cached (temperature 0, or a fixed seed): caching a sampled answer would hand every user
 the same sample.
 
-``TTLCache`` is a bounded in-process LRU with expiry. ``RedisCache`` uses the ``redis`` client with
+``TTLCache`` is a bounded in-process LRU with expiry (``cachetools``). ``RedisCache`` uses the ``redis`` client with
 short timeouts; if Redis is down or unreachable, ``get`` misses and ``set`` does nothing, with a
 logged warning (at most one per ``warn_every`` seconds): the user gets an answer from the model,
 never an error. ``make_cache`` picks one from the environment.
@@ -21,9 +21,10 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import cachetools
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,10 @@ def cache_key(variant: str, version: str, prompt: str, params: Mapping[str, Any]
 
 
 class TTLCache:
-    """In-process cache: entries expire ``ttl`` seconds after they were set; least recently used go first."""
+    """In-process cache: entries expire ``ttl`` seconds after they were set; least recently used go first.
+
+    ``cachetools.TTLCache`` behind a lock (the gateway reads it from several threads), with hit and miss counts.
+    """
 
     blocking = False  # get/set never wait on the network
 
@@ -59,33 +63,29 @@ class TTLCache:
         if ttl <= 0 or max_entries < 1:
             raise ValueError("ttl must be > 0 seconds and max_entries >= 1")
         self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
-        self._data: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._data: cachetools.TTLCache[str, Any] = cachetools.TTLCache(max_entries, ttl, timer=clock)
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     def get(self, key: str) -> Any | None:
         """The value stored under ``key``, or None if absent or expired."""
         with self._lock:
-            item = self._data.get(key)
-            if item is None or item[0] <= self.clock():
-                if item is not None:
-                    del self._data[key]
+            value = self._data.get(key)
+            if value is None:
                 self.misses += 1
-                return None
-            self._data.move_to_end(key)
-            self.hits += 1
-            return item[1]
+            else:
+                self.hits += 1
+            return value
 
     def set(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds."""
         with self._lock:
-            self._data[key] = (self.clock() + self.ttl, value)
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+            self._data[key] = value
 
     def __len__(self) -> int:
-        return len(self._data)
+        with self._lock:
+            self._data.expire()
+            return len(self._data)
 
     def describe(self) -> str:
         return f"in-process TTL cache (ttl {self.ttl:g} s, at most {self.max_entries} entries)"
