@@ -1,4 +1,4 @@
-"""Command-line fine-tuning: ``python -m dsnb.train CONFIG.yaml [--set key=value ...] [--resume auto]``.
+"""Command-line fine-tuning: ``python -m dsnb.train CONFIG.yaml [--set [section.]field=value ...] [--resume auto]``.
 
 The same ``dsnb.train.sft.run_sft`` the notebooks call, for runs outside Jupyter and on several
 processes: under ``torchrun --nproc_per_node N -m dsnb.train ...`` or
@@ -27,7 +27,8 @@ RESULTS = "results.json"
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["max_steps=10", "learning_rate=1e-5"]`` -> ``{"max_steps": 10, "learning_rate": 1e-05}`` (``parse_value``)."""
+    """``["max_steps=10", "optimisation.learning_rate=1e-5"]`` -> ``{"max_steps": 10, "optimisation.learning_rate":
+    1e-05}`` (values by ``parse_value``); keys are checked where they are applied (``config.recipe_values``)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -38,7 +39,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FinetuneConfig:
-    """A recipe file with ``--set`` overrides applied."""
+    """A recipe file (sectioned or flat) with ``--set`` overrides (``field`` or ``section.field`` keys) applied."""
     cfg = FinetuneConfig.from_yaml(path)
     return cfg.replace(**overrides) if overrides else cfg
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m dsnb.train", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="a YAML recipe, e.g. configs/sft/tiny.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config field (repeatable)")
+                        help="override one config field, as field=value or section.field=value (repeatable)")
     parser.add_argument("--resume", default=None,
                         help="'auto' for the newest complete checkpoint in output_dir, or a checkpoint path")
     parser.add_argument("--log-level", default="WARNING")

@@ -1,20 +1,41 @@
-"""The fine-tuning recipe: ``FinetuneConfig`` and the checks on it.
+"""The fine-tuning recipe: ``FinetuneConfig``, its sections, the stages that read them, and the checks.
 
-``FinetuneConfig`` is a small dataclass whose fields map one-to-one onto
-``transformers.TrainingArguments`` (``FinetuneConfig.training_arguments``) plus the data and model
-choices (tasks, LoRA or full, layers to freeze, dropout, packing). Loaded from YAML by
-``python -m dsnb.train``. ``plan_batch`` / ``effective_batch``: per-device batch × accumulation ×
-processes (claims C14, C30); a global batch the process count does not divide is rejected.
-``resolve_precision`` picks bf16 / fp16 / fp32 for the hardware at hand.
+``FinetuneConfig`` holds every choice of one run: the model (and LoRA), the data, the optimisation
+(mapped onto ``transformers.TrainingArguments`` by ``FinetuneConfig.training_arguments``), notebook 05's
+curriculum, adversarial and augmentation techniques, DPO's preference settings and where checkpoints
+go. Loaded from YAML by ``python -m dsnb.train``. ``plan_batch`` / ``effective_batch``: per-device
+batch × accumulation × processes (claims C14, C30); a global batch the process count does not divide
+is rejected. ``resolve_precision`` picks bf16 / fp16 / fp32 for the hardware at hand.
+
+Sections and stages. Every field belongs to one section (``SECTIONS``), and every stage declares the
+sections it reads, less the few fields of those it leaves alone (``STAGES``). A field set away from its
+default where the stage does not read it is refused, naming the field, its section and the stage
+(``curriculum: linear`` with ``stage: dpo`` used to be dropped without a word). A new stage is one
+``Stage`` entry (and its runner); a new section is its name in ``SECTIONS`` and fields tagged with it.
+The object stays flat (``cfg.learning_rate``), the section being metadata on each field: every module,
+benchmark and notebook reads the flat attributes and builds ``FinetuneConfig(learning_rate=...)``,
+which a nested object would break for no gain. Recipes are written in sections (``optimisation:
+{learning_rate: ...}``); flat recipes, ``section.field`` keys and ``--set section.field=value`` load to
+the same config, and ``to_dict`` writes the sectioned form ``from_dict`` reads back.
+
+Why a dataclass and not pydantic: the checks are one type test and one range per field, with messages
+that say what to do (``write the value without quotes``, ``(or null)``); pydantic's lax mode would turn
+``packing: "false"`` into False silently, its strict mode and messages would need a translation layer
+about as long as ``check_fields``, and it is not a dependency of training (only of the server extra).
+The ranges now sit on the fields with their sections, and the ``TrainingArguments`` the config owns are
+read off the table ``training_arguments`` builds from, rather than restated.
 
 Taught in notebook 03.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +61,6 @@ DEFAULT_TASKS = ("summary", "next_line")
 METHODS = ("full", "lora")
 
 
-STAGES = ("sft", "dpo")
 AUGMENTATIONS = ("deletion", "swap", "synonym")  # dsnb.data.augment.METHODS (notebook 05)
 
 
@@ -48,6 +68,36 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo")
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+#: The sections of a recipe, in the order ``to_dict`` writes them (``stage`` stands above them all).
+SECTIONS = ("model", "data", "optimisation", "curriculum", "adversarial", "augment", "preference", "checkpoints")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one training stage reads of a recipe: whole sections, less the fields it leaves alone (and why)."""
+
+    sections: tuple[str, ...]
+    skips: Mapping[str, str] = field(default_factory=dict)  # field of a read section -> why the stage ignores it
+
+    def reads(self, name: str) -> bool:
+        """Whether this stage reads the config field ``name``."""
+        return name == "stage" or (FIELD_SECTIONS[name] in self.sections and name not in self.skips)
+
+
+#: The training stages (``python -m dsnb.train`` dispatches on ``stage``) and what each reads, from their code:
+#: ``dsnb.train.sft`` (with chat, curriculum, adversarial, prepare) and ``dsnb.train.dpo``.
+STAGES: dict[str, Stage] = {
+    "sft": Stage(tuple(s for s in SECTIONS if s != "preference")),
+    "dpo": Stage(("model", "data", "optimisation", "preference", "checkpoints"), skips={
+        "bias_update_rate": "DPO does not balance the router bias (no ExpertBiasBalancer in dsnb.train.dpo)",
+        "tasks": "DPO trains on the corpus's summary preference pairs whatever the tasks",
+        "packing": "DPO batches preference pairs unpacked",
+        "label_smoothing": "TRL's DPO loss does not use the Trainer's label smoothing",
+        "early_stopping_patience": "DPO runs have no early stopping",
+    }),
+}
 
 
 class BatchSizeError(ValueError):
@@ -58,70 +108,85 @@ class ConfigError(ValueError):
     """A fine-tuning config is invalid; the message says which field and what to do."""
 
 
+def _setting(section: str | None, default: Any = None, *, factory: Any = None, at_least: float | None = None,
+             above: float | None = None, below: float | None = None) -> Any:
+    """A config field: its default, its recipe section and its allowed range (checked by ``check_fields``).
+
+    ``at_least`` / ``above``: the lowest value, allowed or excluded; ``below``: the excluded highest.
+    """
+    metadata = {"section": section, "at_least": at_least, "above": above, "below": below}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class FinetuneConfig:
-    """Everything one SFT run needs. Training fields map one-to-one onto ``TrainingArguments``.
+    """Everything one training run needs, grouped in sections (the recipe files' layout).
 
     The CPU defaults fine-tune the course's tiny DeepSeek-V3 in well under a minute; the shipped
-    ``configs/sft/*.yaml`` recipes set the values for real checkpoints. ``extra_training_arguments``
-    passes any other ``TrainingArguments`` field through unchanged (e.g. ``fsdp``, ``deepspeed``).
+    ``configs/sft/*.yaml`` and ``configs/dpo/*.yaml`` recipes set the values for real checkpoints.
+    ``extra_training_arguments`` passes any other ``TrainingArguments`` field through unchanged (e.g.
+    ``fsdp``, ``deepspeed``).
     """
 
+    stage: str = _setting(None, "sft")  # "sft" (dsnb.train.sft) or "dpo" (dsnb.train.dpo): which sections are read
     # model
-    model: str = "dsnb-tiny"
-    model_type: str | None = None  # the architecture a recipe expects (checked after loading)
-    method: str = "full"  # "full" or "lora"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_experts: bool = False  # also adapt fused routed-expert tensors (peft target_parameters)
+    model: str = _setting("model", "dsnb-tiny")
+    model_type: str | None = _setting("model")  # the architecture a recipe expects (checked after loading)
+    method: str = _setting("model", "full")  # "full" or "lora"
+    lora_r: int = _setting("model", 8, at_least=1)
+    lora_alpha: int = _setting("model", 16, above=0)
+    lora_dropout: float = _setting("model", 0.0, at_least=0, below=1)
+    lora_experts: bool = _setting("model", False)  # also adapt fused routed-expert tensors (peft target_parameters)
     # DeepSeek-V3's router-bias balancing during full fine-tuning (dsnb.model.routing.ExpertBiasBalancer, notebook 01):
     # the step of the bias after every optimizer step; 0 keeps the bias fixed, as a plain Trainer does. Not with LoRA:
     # the bias is a buffer of the frozen base model and a saved adapter would not carry it.
-    bias_update_rate: float = 0.0
-    freeze_first_layers: int = 0  # claim C18: keep the first N decoder layers (and embeddings) fixed
-    dropout: float | None = None  # override the model's attention dropout (None keeps it)
+    bias_update_rate: float = _setting("model", 0.0, at_least=0)
+    freeze_first_layers: int = _setting("model", 0, at_least=0)  # claim C18: keep the first N decoder layers fixed
+    dropout: float | None = _setting("model", None, at_least=0, below=1)  # the model's attention dropout (None keeps it)
     # data
-    tasks: tuple[str, ...] = DEFAULT_TASKS  # "dialogue" adds notebook 02's cleaned conversations
-    max_seq_len: int = 128
-    packing: bool = False
-    train_examples: int | None = None  # None: every training pair
-    eval_examples: int | None = 256
+    tasks: tuple[str, ...] = _setting("data", DEFAULT_TASKS)  # "dialogue" adds notebook 02's cleaned conversations
+    max_seq_len: int = _setting("data", 128, at_least=1)
+    packing: bool = _setting("data", False)
+    train_examples: int | None = _setting("data", None, at_least=1)  # None: every training pair
+    eval_examples: int | None = _setting("data", 256, at_least=1)
     # optimisation -> TrainingArguments
-    output_dir: str = "runs/sft"
-    max_steps: int = 200
-    per_device_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    global_batch_size: int | None = None  # if set, accumulation is derived from it (and checked)
-    learning_rate: float = 2e-3
-    min_learning_rate: float = 2e-5  # the floor of the linear decay (C10: 1e-6 at 3e-5 peak)
-    warmup_steps: int | None = None  # None: the real recipe's 500/10 000 fraction of max_steps
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    label_smoothing: float = 0.0
-    # notebook 05: curriculum by difficulty (dsnb.train.curriculum), adversarial embeddings (dsnb.train.adversarial)
-    curriculum: str | None = None  # None, "discrete" (stages at max_seq_len/4, /2), "linear" or "root" pacing
-    curriculum_steps: int | None = None  # steps per stage (discrete) or ramp steps (None: a third / half of max_steps)
-    adversarial: str | None = None  # None, "fgsm", "fgm" or "pgd": perturb the input embeddings each step
-    adversarial_epsilon: float = 0.01
-    adversarial_steps: int = 1  # PGD's K
-    augment: str | None = None  # None, "deletion", "swap" or "synonym": one augmented copy of each summary answer
-    augment_rate: float = 0.15  # share of words "deletion" removes (the article's 15%)
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    early_stopping_patience: int | None = None
-    logging_steps: int = 10
-    eval_steps: int | None = 50
-    save_steps: int | None = None
-    save_total_limit: int | None = 2
-    compress_checkpoints: bool = False
-    seed: int = 0
-    report_to: str = "none"
-    extra_training_arguments: dict[str, Any] = field(default_factory=dict)
+    max_steps: int = _setting("optimisation", 200, at_least=1)
+    per_device_batch_size: int = _setting("optimisation", 16, at_least=1)
+    gradient_accumulation_steps: int = _setting("optimisation", 1, at_least=1)
+    global_batch_size: int | None = _setting("optimisation", None, at_least=1)  # sets the accumulation (checked)
+    learning_rate: float = _setting("optimisation", 2e-3, above=0)
+    min_learning_rate: float = _setting("optimisation", 2e-5, at_least=0)  # the decay's floor (C10: 1e-6 at 3e-5)
+    warmup_steps: int | None = _setting("optimisation", None, at_least=0)  # None: the real 500/10 000 of max_steps
+    weight_decay: float = _setting("optimisation", 0.0, at_least=0)
+    max_grad_norm: float = _setting("optimisation", 1.0, at_least=0)
+    label_smoothing: float = _setting("optimisation", 0.0, at_least=0, below=1)
+    precision: str = _setting("optimisation", "auto")
+    gradient_checkpointing: bool = _setting("optimisation", False)
+    seed: int = _setting("optimisation", 0, at_least=0)
+    extra_training_arguments: dict[str, Any] = _setting("optimisation", factory=dict)
+    # notebook 05: curriculum by difficulty (dsnb.train.curriculum), adversarial embeddings (dsnb.train.adversarial),
+    # augmented answers (dsnb.data.augment)
+    curriculum: str | None = _setting("curriculum")  # None, "discrete" (stages at max_seq_len/4, /2), "linear", "root"
+    curriculum_steps: int | None = _setting("curriculum")  # per stage (discrete) or ramp (None: a third / half of max_steps)
+    adversarial: str | None = _setting("adversarial")  # None, "fgsm", "fgm" or "pgd": perturb the input embeddings
+    adversarial_epsilon: float = _setting("adversarial", 0.01)
+    adversarial_steps: int = _setting("adversarial", 1)  # PGD's K
+    augment: str | None = _setting("augment")  # None, "deletion", "swap" or "synonym": one augmented copy of a summary
+    augment_rate: float = _setting("augment", 0.15, at_least=0, below=1)  # share of words "deletion" removes (15%)
     # preference tuning (notebook 06): stage "dpo" trains on (prompt, chosen, rejected) pairs
-    stage: str = "sft"  # "sft" (dsnb.train.sft) or "dpo" (dsnb.train.dpo); python -m dsnb.train dispatches on it
-    beta: float = 0.1  # DPO's β: how far the policy may move from the reference
-    dpo_loss_type: str = "sigmoid"  # "sigmoid" (DPO) or "ipo"
+    beta: float = _setting("preference", 0.1)  # DPO's β: how far the policy may move from the reference
+    dpo_loss_type: str = _setting("preference", "sigmoid")  # "sigmoid" (DPO) or "ipo"
+    # checkpoints: where the run writes, how often it logs, evaluates and saves
+    output_dir: str = _setting("checkpoints", "runs/sft")
+    logging_steps: int = _setting("checkpoints", 10, at_least=1)
+    eval_steps: int | None = _setting("checkpoints", 50, at_least=1)
+    save_steps: int | None = _setting("checkpoints", None, at_least=1)
+    save_total_limit: int | None = _setting("checkpoints", 2, at_least=1)
+    early_stopping_patience: int | None = _setting("checkpoints", None, at_least=1)
+    compress_checkpoints: bool = _setting("checkpoints", False)
+    report_to: str = _setting("checkpoints", "none")
 
     def __post_init__(self) -> None:
         self.tasks = _as_tasks(self.tasks)
@@ -138,7 +203,7 @@ class FinetuneConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision={self.precision!r}: use one of {PRECISIONS}")
         if self.stage not in STAGES:
-            raise ConfigError(f"stage={self.stage!r}: use one of {STAGES}")
+            raise ConfigError(f"stage={self.stage!r}: use one of {tuple(STAGES)}")
         if self.dpo_loss_type not in DPO_LOSS_TYPES or not self.beta > 0:
             raise ConfigError(f"dpo_loss_type={self.dpo_loss_type!r}, beta={self.beta}: use one of {DPO_LOSS_TYPES} "
                               "and a positive beta (0.1 is the usual start)")
@@ -153,15 +218,12 @@ class FinetuneConfig:
             raise ConfigError(
                 f"min_learning_rate ({self.min_learning_rate}) must be below learning_rate ({self.learning_rate})"
             )
+        check_stage(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> FinetuneConfig:
-        """Build from a mapping (e.g. parsed YAML); unknown keys raise ``ConfigError`` naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
-        return cls(**values)
+    def from_dict(cls, values: Mapping[str, Any]) -> FinetuneConfig:
+        """Build from a mapping (e.g. parsed YAML), sectioned or flat (``recipe_values``)."""
+        return cls(**recipe_values(values))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> FinetuneConfig:
@@ -200,14 +262,19 @@ class FinetuneConfig:
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (YAML/JSON friendly)."""
-        d = asdict(self)
-        d["tasks"] = list(self.tasks)
-        return d
+        """The recipe in sections, plain values (YAML/JSON friendly); ``from_dict`` reads it back.
+
+        Only what the stage reads is written: every other field is at its default (``check_stage``).
+        """
+        stage = STAGES[self.stage]
+        values = asdict(self)
+        values["tasks"] = list(self.tasks)
+        sections = {s: {n: values[n] for n in _fields_of(s) if stage.reads(n)} for s in stage.sections}
+        return {"stage": self.stage, **{s: sections[s] for s in SECTIONS if s in sections}}
 
     def replace(self, **changes: Any) -> FinetuneConfig:
-        """A copy with some fields changed."""
-        return FinetuneConfig.from_dict({**self.to_dict(), **changes})
+        """A copy with some fields changed (``field=...``, ``**{"section.field": ...}`` or ``section={...}``)."""
+        return FinetuneConfig(**{**asdict(self), **recipe_values(changes)})
 
     def accumulation_for(self, processes: int) -> int:
         """Gradient accumulation steps for ``processes`` processes (from ``global_batch_size`` if set)."""
@@ -215,52 +282,178 @@ class FinetuneConfig:
             return self.gradient_accumulation_steps
         return plan_batch(self.global_batch_size, self.per_device_batch_size, processes)
 
+    def owned_arguments(self, processes: int) -> dict[str, tuple[Any, str | None]]:
+        """Every ``TrainingArguments`` field the config sets: name -> (value, the config field it comes from).
+
+        The one table ``training_arguments`` builds from and ``owned_training_arguments`` reads; a field
+        with no config field (None) is a course default that ``extra_training_arguments`` may change.
+        """
+        precision = resolve_precision(self.precision)
+        warmup = self.warmup_steps if self.warmup_steps is not None else scaled_warmup_steps(self.max_steps)
+        evaluate = self.eval_steps is not None
+        stop_early = self.early_stopping_patience is not None
+        if stop_early and not evaluate:
+            raise ConfigError("early_stopping_patience needs eval_steps (it stops on the eval loss)")
+        best_at_end = stop_early and bool(self.save_steps)  # then checkpoints follow the evaluations
+        schedule = schedule_arguments(warmup, self.min_learning_rate)
+        fixed = "min_learning_rate (the schedule is fixed: warmup then linear decay to the floor)"
+        return {
+            **{name: (getattr(self, source), source) for name, source in _COPIED_ARGUMENTS.items()},
+            "gradient_accumulation_steps": (self.accumulation_for(processes),
+                                            "gradient_accumulation_steps (or global_batch_size)"),
+            "bf16": (precision == "bf16", "precision"),
+            "fp16": (precision == "fp16", "precision"),
+            "activation_checkpointing": (self.gradient_checkpointing, "gradient_checkpointing"),  # transformers 5's name
+            "activation_checkpointing_kwargs": ({"use_reentrant": False} if self.gradient_checkpointing else None, None),
+            "eval_strategy": ("steps" if evaluate else "no", "eval_steps"),
+            "save_strategy": ("steps" if self.save_steps else "no", "save_steps"),
+            "save_steps": (self.eval_steps if best_at_end else self.save_steps or 500, "save_steps"),
+            "data_seed": (self.seed, "seed"),
+            "ddp_find_unused_parameters": (False, None),
+            "warmup_steps": (schedule.pop("warmup_steps"), "warmup_steps"),
+            **{name: (value, fixed) for name, value in schedule.items()},
+            "metric_for_best_model": ("eval_loss" if stop_early else None, "early_stopping_patience"),
+            "greater_is_better": (False if stop_early else None, "early_stopping_patience"),
+            "load_best_model_at_end": (best_at_end, "early_stopping_patience"),
+        }
+
     def training_arguments(
         self, processes: int | None = None, args_class: type[TrainingArguments] = TrainingArguments, **extra: Any
     ) -> TrainingArguments:
-        """The ``TrainingArguments`` this config stands for (one field each, plus the schedule).
+        """The ``TrainingArguments`` this config stands for (``owned_arguments``, then the extra fields).
 
         ``args_class`` builds a subclass instead (e.g. TRL's ``DPOConfig``), with ``extra`` fields set.
         """
         processes = processes or launch_state().num_processes
-        precision = resolve_precision(self.precision)
-        warmup = self.warmup_steps if self.warmup_steps is not None else scaled_warmup_steps(self.max_steps)
-        evaluate = self.eval_steps is not None
-        values: dict[str, Any] = dict(
-            output_dir=self.output_dir,
-            max_steps=self.max_steps,
-            per_device_train_batch_size=self.per_device_batch_size,
-            per_device_eval_batch_size=self.per_device_batch_size,
-            gradient_accumulation_steps=self.accumulation_for(processes),
-            learning_rate=self.learning_rate,
-            weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm,
-            label_smoothing_factor=self.label_smoothing,
-            bf16=precision == "bf16",
-            fp16=precision == "fp16",
-            activation_checkpointing=self.gradient_checkpointing,  # transformers 5's name for it
-            activation_checkpointing_kwargs={"use_reentrant": False} if self.gradient_checkpointing else None,
-            logging_steps=self.logging_steps,
-            eval_strategy="steps" if evaluate else "no",
-            eval_steps=self.eval_steps,
-            save_strategy="steps" if self.save_steps else "no",
-            save_steps=self.save_steps or 500,
-            save_total_limit=self.save_total_limit,
-            seed=self.seed,
-            data_seed=self.seed,
-            report_to=self.report_to,
-            ddp_find_unused_parameters=False,
-            **schedule_arguments(warmup, self.min_learning_rate),
-        )
-        if self.early_stopping_patience is not None:
-            if not evaluate:
-                raise ConfigError("early_stopping_patience needs eval_steps (it stops on the eval loss)")
-            values.update(metric_for_best_model="eval_loss", greater_is_better=False)
-            if self.save_steps:
-                values.update(load_best_model_at_end=True, save_steps=self.eval_steps)
+        values = {name: value for name, (value, _) in self.owned_arguments(processes).items()}
         values.update(extra)
         values.update(self.extra_training_arguments)
         return course_training_arguments(args_class, **values)
+
+
+#: TrainingArguments fields copied from the config field of another (or the same) name.
+_COPIED_ARGUMENTS = {
+    "output_dir": "output_dir", "max_steps": "max_steps", "per_device_train_batch_size": "per_device_batch_size",
+    "per_device_eval_batch_size": "per_device_batch_size", "learning_rate": "learning_rate",
+    "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "label_smoothing_factor": "label_smoothing",
+    "logging_steps": "logging_steps", "eval_steps": "eval_steps", "save_total_limit": "save_total_limit",
+    "seed": "seed", "report_to": "report_to",
+}
+
+
+#: Config field -> its section (None: ``stage``, which stands above the sections).
+FIELD_SECTIONS: dict[str, str | None] = {f.name: f.metadata["section"] for f in fields(FinetuneConfig)}
+
+
+@functools.cache
+def owned_training_arguments() -> dict[str, str]:
+    """TrainingArguments fields the config sets -> the config field to set instead (``owned_arguments``).
+
+    Setting one in ``extra_training_arguments`` would silently change a run behind the config's back
+    (``output_dir`` there splits the run from its checkpoints), so ``check_fields`` refuses them.
+    """
+    table = FinetuneConfig(early_stopping_patience=1).owned_arguments(processes=1)
+    owned = {name: source for name, (_, source) in table.items() if source is not None}
+    return {**owned, "gradient_checkpointing": "gradient_checkpointing"}  # the older name of activation_checkpointing
+
+
+def recipe_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Field -> value from a recipe mapping: flat (``learning_rate: ...``), sectioned (``optimisation:
+    {learning_rate: ...}``) or dotted (``optimisation.learning_rate: ...``, as ``--set`` gives it), mixed freely.
+
+    ``model``, ``curriculum``, ``adversarial`` and ``augment`` are sections and fields both: a mapping
+    under one is the section. Raises ``ConfigError`` naming unknown keys (with the valid ones), a field
+    in the wrong section, or a field given twice.
+    """
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    unknown: dict[str | None, list[str]] = {}
+
+    def put(section: str | None, name: Any, value: Any) -> None:
+        if not isinstance(name, str) or name not in FIELD_SECTIONS:
+            unknown.setdefault(section, []).append(str(name))
+        elif section is not None and FIELD_SECTIONS[name] != section:
+            home = FIELD_SECTIONS[name]
+            problems.append(f"{section}.{name}: {name} belongs "
+                            f"{f'in section {home}' if home else 'at the top level'}, not in section {section}")
+        elif name in out:
+            problems.append(f"{name} is given twice (flat and in section {FIELD_SECTIONS[name]}); keep one")
+        else:
+            out[name] = value
+
+    for key, value in values.items():
+        section, dot, name = str(key).partition(".")
+        if dot and section in SECTIONS:
+            put(section, name, value)
+        elif key in SECTIONS and (isinstance(value, Mapping) or key not in FIELD_SECTIONS):
+            if not isinstance(value, Mapping | None):
+                problems.append(f"section {key} must be a mapping of its fields (e.g. {key}: {{{_fields_of(key)[0]}: "
+                                f"...}}), not {value!r}")
+                continue
+            for name, inner in (value or {}).items():
+                put(key, name, inner)
+        else:
+            put(None, key, value)
+    problems += [_unknown(names, section) for section, names in unknown.items()]
+    if problems:
+        raise ConfigError("\n  ".join(["invalid recipe:", *problems]) if len(problems) > 1 else problems[0])
+    return out
+
+
+def _fields_of(section: str) -> list[str]:
+    """The fields of ``section``, in declaration order."""
+    return [name for name, home in FIELD_SECTIONS.items() if home == section]
+
+
+def _unknown(names: list[str], section: str | None) -> str:
+    """The message for unknown keys: the closest known names, then every valid key where they were written."""
+    if section is None:
+        valid = ["stage", *SECTIONS, *(n for n in FIELD_SECTIONS if n != "stage")]
+        layout = "; ".join(f"{s}: {', '.join(_fields_of(s))}" for s in SECTIONS)
+        where = f"valid keys are stage, the sections {', '.join(SECTIONS)} and their fields ({layout})"
+        head = f"unknown config keys {names}"
+    else:
+        valid = _fields_of(section)
+        where = f"section {section} holds {', '.join(valid)}"
+        head = f"unknown keys {names} in section {section}"
+    hints = []
+    for name in names:
+        head_, dot, tail = name.partition(".")  # a dotted key here has an unknown section
+        close = difflib.get_close_matches(head_ if dot else name, SECTIONS if dot else valid, n=1)
+        if close:
+            home = FIELD_SECTIONS.get(close[0]) if section is None and not dot else None
+            hints.append(f"{close[0]}{dot}{tail}" + (f" in section {home}" if home else "")
+                         + (f" for {name}" if len(names) > 1 else ""))
+    return head + (f" (did you mean {', '.join(hints)}?)" if hints else "") + f"; {where}"
+
+
+def check_stage(cfg: FinetuneConfig) -> None:
+    """Refuse a field set away from its default where ``cfg.stage`` does not read it (``STAGES``).
+
+    A setting the stage never reads would be dropped without a word (``curriculum: linear`` for DPO);
+    the message names the field, its section and the stage, and what to do.
+    """
+    stage = STAGES[cfg.stage]
+    problems = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if stage.reads(f.name) or value == _default(f):
+            continue
+        section = f.metadata["section"]
+        if f.name in stage.skips:
+            why = f"{f.name}={value!r} (section {section}): stage {cfg.stage} ignores it ({stage.skips[f.name]})"
+        else:
+            why = (f"{f.name}={value!r}: stage {cfg.stage} does not read section {section} (it reads "
+                   f"{', '.join(stage.sections)})")
+        readers = " or ".join(name for name, other in STAGES.items() if other.reads(f.name))
+        problems.append(f"{why}; remove it from the recipe, or train with stage: {readers}")
+    if problems:
+        raise ConfigError(f"settings that stage {cfg.stage} does not read:\n  " + "\n  ".join(problems))
+
+
+def _default(f: Field) -> Any:
+    """The default value of a config field."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 def launch_state() -> PartialState:
@@ -330,36 +523,6 @@ def _as_tasks(tasks: Any) -> tuple[str, ...]:
     return tuple(tasks)
 
 
-#: TrainingArguments fields that ``FinetuneConfig.training_arguments`` sets from a config field (or
-#: derives): setting them in ``extra_training_arguments`` would silently change a run behind the
-#: config's back (``output_dir`` there splits the run from its checkpoints), so they are refused.
-OWNED_TRAINING_ARGUMENTS = {
-    "output_dir": "output_dir", "max_steps": "max_steps",
-    "per_device_train_batch_size": "per_device_batch_size", "per_device_eval_batch_size": "per_device_batch_size",
-    "gradient_accumulation_steps": "gradient_accumulation_steps (or global_batch_size)",
-    "learning_rate": "learning_rate", "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm",
-    "label_smoothing_factor": "label_smoothing", "bf16": "precision", "fp16": "precision",
-    "activation_checkpointing": "gradient_checkpointing", "gradient_checkpointing": "gradient_checkpointing",
-    "logging_steps": "logging_steps", "eval_strategy": "eval_steps", "eval_steps": "eval_steps",
-    "save_strategy": "save_steps", "save_steps": "save_steps", "save_total_limit": "save_total_limit",
-    "seed": "seed", "data_seed": "seed", "report_to": "report_to", "warmup_steps": "warmup_steps",
-    "lr_scheduler_type": "min_learning_rate (the schedule is fixed: warmup then linear decay to the floor)",
-    "lr_scheduler_kwargs": "min_learning_rate", "metric_for_best_model": "early_stopping_patience",
-    "greater_is_better": "early_stopping_patience", "load_best_model_at_end": "early_stopping_patience",
-}
-
-#: Range rules: field -> (lowest allowed, whether the lowest is excluded, highest excluded or None).
-_RANGES: dict[str, tuple[float, bool, float | None]] = {
-    **dict.fromkeys(("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "max_seq_len",
-                     "logging_steps", "lora_r", "global_batch_size", "train_examples", "eval_examples",
-                     "eval_steps", "save_steps", "save_total_limit", "early_stopping_patience"), (1, False, None)),
-    **dict.fromkeys(("freeze_first_layers", "warmup_steps", "seed", "weight_decay", "min_learning_rate",
-                     "max_grad_norm", "bias_update_rate"), (0, False, None)),
-    **dict.fromkeys(("learning_rate", "lora_alpha"), (0, True, None)),
-    **dict.fromkeys(("label_smoothing", "lora_dropout", "dropout", "augment_rate"), (0, False, 1)),
-}
-
-
 def _type_problem(value: Any, hint: Any) -> str | None:
     """Why ``value`` does not fit the annotation ``hint`` (None if it fits)."""
     import types
@@ -417,20 +580,29 @@ def check_fields(cfg: FinetuneConfig) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(f"{f.name}: {value!r} is not a finite number")
             continue
-        if f.name in _RANGES and value is not None:
-            low, open_low, high = _RANGES[f.name]
-            if value < low or (open_low and value == low) or (high is not None and value >= high):
-                span = (f"{'>' if open_low else '>='} {low}" if high is None else f"in [{low}, {high})")
-                allow_null = type(None) in typing.get_args(hints[f.name])
-                problems.append(f"{f.name}: {value!r} must be {span}" + (" (or null)" if allow_null else ""))
-    owned = sorted(set(cfg.extra_training_arguments) & set(OWNED_TRAINING_ARGUMENTS)) if isinstance(
-        cfg.extra_training_arguments, dict) else []
-    for key in owned:
-        problems.append(f"extra_training_arguments.{key}: set by the config field "
-                        f"{OWNED_TRAINING_ARGUMENTS[key]}; set it there instead")
-    if isinstance(cfg.extra_training_arguments, dict):
+        problem = _range_problem(value, f)
+        if problem:
+            allow_null = type(None) in typing.get_args(hints[f.name])
+            problems.append(f"{f.name}: {value!r} must be {problem}" + (" (or null)" if allow_null else ""))
+    extra = cfg.extra_training_arguments
+    if isinstance(extra, dict) and extra:  # (the default config that owned_training_arguments builds has none)
+        owned = owned_training_arguments()
+        for key in sorted(set(extra) & set(owned)):
+            problems.append(f"extra_training_arguments.{key}: set by the config field {owned[key]}; set it there instead")
         valid = {f.name for f in fields(TrainingArguments)}
-        for key in sorted(set(cfg.extra_training_arguments) - valid - set(owned)):
+        for key in sorted(set(extra) - valid - set(owned)):
             problems.append(f"extra_training_arguments.{key}: not a TrainingArguments field")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _range_problem(value: Any, f: Field) -> str | None:
+    """The range ``value`` must be in, from the field's metadata (None if it is in range or unbounded)."""
+    low, above, below = f.metadata["at_least"], f.metadata["above"], f.metadata["below"]
+    if value is None or (low is None and above is None):
+        return None
+    if below is not None:
+        return None if low <= value < below else f"in [{low}, {below})"
+    if above is not None:
+        return None if value > above else f"> {above}"
+    return None if value >= low else f">= {low}"
