@@ -32,6 +32,21 @@ def test_parse_overrides():
     with pytest.raises(SystemExit):
         parse_overrides(["oops"])
     assert parse_overrides(["learning_rate=1e-5"]) == {"learning_rate": 1e-5}  # a number, not YAML 1.1's string
+    assert parse_overrides(["optimisation.learning_rate=1e-3", "model.method=lora"]) == {
+        "optimisation.learning_rate": 1e-3, "model.method": "lora"}  # section.field: checked when applied
+
+
+def test_cli_exits_2_naming_a_setting_the_stage_would_not_read(capsys):
+    from dsnb.train.cli import main
+
+    dpo = ROOT / "configs" / "dpo" / "tiny.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        main([str(dpo), "--set", "curriculum=linear"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "curriculum='linear': stage dpo does not read section curriculum" in err
+    with pytest.raises(SystemExit) as exit_:
+        main([str(TINY), "--set", "optimisaton.learning_rate=1e-3"])
+    assert exit_.value.code == 2 and "did you mean optimisation.learning_rate?" in capsys.readouterr().err
 
 
 def test_two_processes_match_single_process_effective_batch(tmp_path):
