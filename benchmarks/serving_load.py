@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,7 @@ from transformers.utils.logging import disable_progress_bar
 from dsnb.data.corpus import course_corpus
 from dsnb.serve.gateway import Experiment, Gateway
 from dsnb.serve.latency import percentiles
-from dsnb.serve.runner import BackgroundServer
+from dsnb.serve.runner import BackgroundServer, free_port
 from dsnb.serve.simulate import summary_questions
 from dsnb.serve.store import EventStore
 
@@ -74,12 +73,6 @@ SERVER = ("import os, sys, uvicorn; from dsnb.serve.engine import ModelEngine; f
           "log_level='warning')")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _memory(pid: int) -> tuple[float, float]:
     """(resident, peak resident) MiB of process ``pid`` (the peak from /proc: Linux only, else the resident)."""
     rss = psutil.Process(pid).memory_info().rss / 2**20
@@ -97,7 +90,7 @@ def _cpu_seconds(*pids: int) -> list[float]:
 
 
 def _start_model_server(log: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, DSNB_API_KEY=BACKEND_KEY, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(max_batch), str(port)], env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)

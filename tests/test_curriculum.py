@@ -105,7 +105,7 @@ def test_trainer_batches_follow_the_curriculum(base_dir, tokenizer, tmp_path):
 def test_each_rank_draws_its_shard_of_the_current_stage(tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29541",
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2",
                            str(ROOT / "tests" / "curriculum_ranks.py"), str(tmp_path)],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from dsnb.serve.__main__ import _variants, _weights, main
+from dsnb.serve.runner import free_port
 
 
 def test_variant_and_weight_specs():
@@ -26,14 +26,8 @@ def test_variant_and_weight_specs():
         main(["gateway"])  # --variant is required
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_model_server_from_the_command_line(base_dir):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, DSNB_API_KEY="k", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "dsnb.serve", "model", "--model", "dsnb-tiny", "--name", "m",
                              "--version", "cli-v1", "--max-batch", "4", "--port", str(port)], env=env,

@@ -12,7 +12,6 @@ import glob
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,15 +23,9 @@ from fastapi.testclient import TestClient
 from dsnb.serve.cache import RedisCache
 from dsnb.serve.engine import ModelEngine
 from dsnb.serve.gateway import Experiment, Gateway
-from dsnb.serve.runner import BackgroundServer
+from dsnb.serve.runner import BackgroundServer, free_port
 from dsnb.serve.server import create_app
 from dsnb.serve.store import EventStore
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(ok, what: str, timeout: float = 60.0) -> None:
@@ -47,7 +40,7 @@ class RedisProcess:
     """``redis-server`` on a loopback port, no persistence; ``kill`` and ``start`` again on the same port."""
 
     def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary, self.workdir, self.port = binary, workdir, _free_port()
+        self.binary, self.workdir, self.port = binary, workdir, free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
@@ -78,9 +71,11 @@ def redis_server(tmp_path):
     if binary is None:
         pytest.skip("redis-server is not installed (Debian package redis-server, see apt-packages.txt)")
     server = RedisProcess(binary, tmp_path)
-    server.start()
-    yield server
-    server.kill()
+    try:  # a start-up that fails half-way still stops the process
+        server.start()
+        yield server
+    finally:
+        server.kill()
 
 
 def _pg_bin(name: str) -> str | None:
@@ -93,12 +88,16 @@ class PostgresProcess:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="dsnb-pg-"))
-        self.data, self.port = self.root / "data", _free_port()
+        self.data, self.port = self.root / "data", free_port()
         self.url = f"postgresql+psycopg://dsnb@127.0.0.1:{self.port}/postgres"
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.as_user:
-            shutil.chown(self.root, "postgres")
-        self._run(_pg_bin("initdb"), "-D", self.data, "-A", "trust", "-U", "dsnb", "-N")
+        try:
+            if self.as_user:
+                shutil.chown(self.root, "postgres")
+            self._run(_pg_bin("initdb"), "-D", self.data, "-A", "trust", "-U", "dsnb", "-N")
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     def _run(self, *args) -> None:
         subprocess.run(self.as_user + [str(a) for a in args], check=True, capture_output=True)
@@ -122,9 +121,11 @@ def postgres_server():
         pytest.skip("PostgreSQL is not installed (Debian package postgresql, see apt-packages.txt)")
     pytest.importorskip("psycopg", reason="the PostgreSQL driver comes with the serve extra (psycopg[binary])")
     server = PostgresProcess()
-    server.start()
-    yield server
-    server.remove()
+    try:  # a start-up that fails half-way still stops the cluster and removes its directory
+        server.start()
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture(scope="module")
@@ -159,41 +160,39 @@ def test_redis_cache_serves_hits_and_survives_redis_being_killed(redis_server, m
 
 
 def test_postgres_store_loses_nothing_across_a_restart(postgres_server):
-    store = EventStore(postgres_server.url, batch_size=10, retry_seconds=0.05, max_retry_seconds=0.2)
-    row = dict(user_id="u", experiment="e", variant="A", model_version="v1", backend="b", endpoint="/v1/x",
-               cache_hit=False, status=200, latency_ms=1.0)
-    for i in range(100):
-        store.put("requests", dict(row, request_id=f"before-{i}"))
-    store.flush()
-    postgres_server.stop()
-    for i in range(100):  # the writer cannot commit these while the server is down: it retries
-        store.put("requests", dict(row, request_id=f"during-{i}"))
-    store.put("feedback", dict(request_id="during-0", user_id="u", variant="A", score=1.0))
-    _wait(lambda: store.retries > 0, "a failed write")
-    postgres_server.start()
-    store.flush()
-    assert store.count("requests") == 200 and store.count("feedback") == 1
-    assert {r["request_id"] for r in store.rows("requests")} == {f"{k}-{i}" for k in ("before", "during")
-                                                                  for i in range(100)}
-    store.close()
+    with EventStore(postgres_server.url, batch_size=10, retry_seconds=0.05, max_retry_seconds=0.2) as store:
+        row = dict(user_id="u", experiment="e", variant="A", model_version="v1", backend="b", endpoint="/v1/x",
+                   cache_hit=False, status=200, latency_ms=1.0)
+        for i in range(100):
+            store.put("requests", dict(row, request_id=f"before-{i}"))
+        store.flush()
+        postgres_server.stop()
+        for i in range(100):  # the writer cannot commit these while the server is down: it retries
+            store.put("requests", dict(row, request_id=f"during-{i}"))
+        store.put("feedback", dict(request_id="during-0", user_id="u", variant="A", score=1.0))
+        _wait(lambda: store.retries > 0, "a failed write")
+        postgres_server.start()
+        store.flush()
+        assert store.count("requests") == 200 and store.count("feedback") == 1
+        assert {r["request_id"] for r in store.rows("requests")} == {f"{k}-{i}" for k in ("before", "during")
+                                                                      for i in range(100)}
 
 
 @pytest.mark.timeout(120)
 def test_hostile_rows_through_the_gateway_do_not_stall_postgres(postgres_server, model_server):
     """A prompt with NUL (PostgreSQL text refuses it) is stored escaped; a 200-character user id (over varchar(128))
     is refused at the door; the rows after them are committed."""
-    store = EventStore(postgres_server.url, retry_seconds=0.05)
-    gw = Gateway(Experiment("e", "s", {"A": 1}), {"A": [model_server.url]}, store=store, health_interval=3600,
-                 open_access=True)
-    with TestClient(gw.app) as c:
-        nul = c.post("/v1/completions", json={"model": "m", "user": "u", "prompt": "def f(x):\u0000", "max_tokens": 2})
-        long_user = _ask(c, "u" * 200)
-        feedback = c.post("/v1/feedback", json={"request_id": nul.json()["id"], "user": "u", "score": 1})
-        after = _ask(c, "v")
-    assert (nul.status_code, long_user.status_code, feedback.status_code, after.status_code) == (200, 422, 200, 200)
-    assert long_user.json()["error"]["param"] == "user"
-    store.flush()
-    rows = store.rows("requests")
-    assert [(r["user_id"], r["prompt"]) for r in rows][0] == ("u", "def f(x):\\u0000") and len(rows) == 2
-    assert store.count("feedback") == 1 and store.dead_lettered == 0
-    store.close()
+    with EventStore(postgres_server.url, retry_seconds=0.05) as store:
+        gw = Gateway(Experiment("e", "s", {"A": 1}), {"A": [model_server.url]}, store=store, health_interval=3600,
+                     open_access=True)
+        with TestClient(gw.app) as c:
+            nul = c.post("/v1/completions", json={"model": "m", "user": "u", "prompt": "def f(x):\u0000", "max_tokens": 2})
+            long_user = _ask(c, "u" * 200)
+            feedback = c.post("/v1/feedback", json={"request_id": nul.json()["id"], "user": "u", "score": 1})
+            after = _ask(c, "v")
+        assert (nul.status_code, long_user.status_code, feedback.status_code, after.status_code) == (200, 422, 200, 200)
+        assert long_user.json()["error"]["param"] == "user"
+        store.flush()
+        rows = store.rows("requests")
+        assert [(r["user_id"], r["prompt"]) for r in rows][0] == ("u", "def f(x):\\u0000") and len(rows) == 2
+        assert store.count("feedback") == 1 and store.dead_lettered == 0

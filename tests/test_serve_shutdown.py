@@ -22,6 +22,7 @@ import httpx
 import pytest
 import test_serve_services as services
 
+from dsnb.serve.runner import free_port
 from dsnb.serve.store import EventStore
 
 postgres_server = services.postgres_server  # a throw-away PostgreSQL cluster on a loopback port
@@ -31,7 +32,7 @@ EXIT_WITHIN = 25.0
 
 
 def _start_gateway(tmp_path, database_url: str | None) -> tuple[subprocess.Popen, str]:
-    port = services._free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(DSNB_GATEWAY_KEYS="k", OMP_NUM_THREADS="1", **({"DATABASE_URL": database_url} if database_url else {}))
     log = (tmp_path / "gateway.log").open("w")
@@ -86,10 +87,10 @@ def test_sigterm_commits_every_queued_row_on_sqlite(tmp_path):
         lock.close()
         seconds = _terminate(proc)
     assert proc.returncode in (0, -signal.SIGTERM) and seconds < EXIT_WITHIN
-    store = EventStore(f"sqlite:///{tmp_path / 'events.sqlite'}")
-    assert store.count("requests") == 300
-    store.close()
-    assert not (tmp_path / "events.sqlite.dead-letter.jsonl").exists()
+    with EventStore(f"sqlite:///{tmp_path / 'events.sqlite'}") as store:
+        assert store.count("requests") == 300
+        store.close()
+        assert not (tmp_path / "events.sqlite.dead-letter.jsonl").exists()
 
 
 @pytest.mark.timeout(240)
@@ -108,9 +109,9 @@ def test_sigterm_with_postgres_down_exits_in_bounded_time_without_losing_rows(tm
     assert proc.returncode in (0, -signal.SIGTERM) and seconds < EXIT_WITHIN
     dead = [json.loads(line) for line in (tmp_path / "events.dead-letter.jsonl").read_text().splitlines()]
     postgres_server.start()
-    store = EventStore(postgres_server.url)
-    committed = {r["user_id"] for r in store.rows("requests")}
-    store.close()
-    set_aside = {d["row"]["user_id"] for d in dead}
-    assert committed | set_aside == {f"{k}-{i}" for k in ("before", "during") for i in range(50)}
-    assert {f"during-{i}" for i in range(50)} <= set_aside
+    with EventStore(postgres_server.url) as store:
+        committed = {r["user_id"] for r in store.rows("requests")}
+        store.close()
+        set_aside = {d["row"]["user_id"] for d in dead}
+        assert committed | set_aside == {f"{k}-{i}" for k in ("before", "during") for i in range(50)}
+        assert {f"during-{i}" for i in range(50)} <= set_aside

@@ -8,6 +8,7 @@ and joins the thread: nothing keeps running after a notebook or a test ends. The
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -18,6 +19,17 @@ import uvicorn
 #: a load balancer's 60 s): when a server closes an idle connection first, a client that reuses it at that very
 #: moment sees the connection drop without an answer. uvicorn's own default is 5 s, the same as httpx's.
 KEEP_ALIVE_S = 75.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now, for a server in another process that must be told its port.
+
+    In-process servers bind port 0 instead (``BackgroundServer``), which leaves no window for another
+    program to take the port between finding it and binding it.
+    """
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 class BackgroundServer:
