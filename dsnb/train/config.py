@@ -19,9 +19,10 @@ which a nested object would break for no gain. Recipes are written in sections (
 the same config, and ``to_dict`` writes the sectioned form ``from_dict`` reads back.
 
 Why a dataclass and not pydantic: the checks are one type test and one range per field, with messages
-that say what to do (``write the value without quotes``, ``(or null)``); pydantic's lax mode would turn
-``packing: "false"`` into False silently, its strict mode and messages would need a translation layer
-about as long as ``check_fields``, and it is not a dependency of training (only of the server extra).
+that say what to do (``write the value without quotes``, ``(or null)``); pydantic's lax mode would coerce
+the quoted values the course refuses (``max_steps: "100"``, ``packing: "no"``), its strict mode and its
+messages would need a translation layer about as long as ``check_fields``, and it is not a dependency of
+training (only of the server extra).
 The ranges now sit on the fields with their sections, and the ``TrainingArguments`` the config owns are
 read off the table ``training_arguments`` builds from, rather than restated.
 
