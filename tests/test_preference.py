@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dsnb.data.corpus import InstructionPair
+from dsnb.data.corpus import SUMMARY_PROMPT, InstructionPair
 from dsnb.data.preference import (
     KINDS,
-    SUMMARY_INSTRUCTION,
     build_pairs,
     load_preference_file,
     mix,
@@ -51,7 +50,7 @@ def test_build_pairs_is_deterministic_and_reports_its_mix():
     assert len(a) == len(FNS)
     assert sum(mix(a).values()) == len(a) and set(mix(a)) <= set(KINDS)
     for rec, fn in zip(a, FNS, strict=True):
-        assert rec["prompt"] == SUMMARY_INSTRUCTION + fn.signature and rec["chosen"] == fn.summary
+        assert rec["prompt"] == SUMMARY_PROMPT + fn.signature and rec["chosen"] == fn.summary
         assert rec["rejected"] != rec["chosen"]
         if rec["kind"] == "truncated":
             assert fn.summary.startswith(rec["rejected"])
@@ -70,12 +69,6 @@ def test_sft_samples_are_used_only_when_wrong():
         build_pairs(FNS, ("sft_sample",))
     with pytest.raises(ValueError, match="kinds"):
         build_pairs(FNS, ("random",))
-
-
-def test_the_summary_instruction_is_the_sft_one():
-    from dsnb.train.chat import SUMMARY_PROMPT
-
-    assert SUMMARY_INSTRUCTION == SUMMARY_PROMPT
 
 
 def test_conversational_format_is_what_trl_reads():

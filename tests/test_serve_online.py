@@ -38,14 +38,15 @@ def test_too_few_pairs_do_not_train(base_dir):
 
 @pytest.mark.parametrize(("tolerance", "accepted"), [(1.0, True), (-1.0, False)])
 def test_a_round_trains_a_copy_and_the_gate_decides(base_dir, corpus, tolerance, accepted):
-    from dsnb.data.preference import SUMMARY_INSTRUCTION, build_pairs
+    from dsnb.data.corpus import SUMMARY_PROMPT
+    from dsnb.data.preference import build_pairs
     from dsnb.model.load import base_model
 
     model, tok = base_model(dtype=torch.float32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pairs = build_pairs(corpus.pairs_in("train")[:8], ("other_summary",))
     held = corpus.pairs_in("validation")[:4]
-    candidate, rnd = update_from_feedback(model, tok, pairs, [SUMMARY_INSTRUCTION + p.signature for p in held],
+    candidate, rnd = update_from_feedback(model, tok, pairs, [SUMMARY_PROMPT + p.signature for p in held],
                                           [p.summary for p in held], min_pairs=8, max_steps=1, tolerance=tolerance)
     assert rnd.trained and rnd.accepted is accepted and rnd.pairs == 8
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the served model is untouched

@@ -63,6 +63,13 @@ class Docstring:
     text: str
 
 
+#: The instruction of the summary task: a function's signature follows it (SFT in notebook 03, DPO's prompts in
+#: notebook 06, the served questions of notebook 10).
+SUMMARY_PROMPT = "Summarize this Python function in one line.\n"
+#: The instruction of the next-line task: the code so far follows it.
+NEXT_LINE_PROMPT = "Write the next line of this Python code.\n"
+
+
 @dataclass(frozen=True)
 class InstructionPair:
     """A public function's signature and the first line of its docstring."""

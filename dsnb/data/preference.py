@@ -27,12 +27,9 @@ from typing import Any
 
 import datasets
 
-from dsnb.data.corpus import InstructionPair
+from dsnb.data.corpus import SUMMARY_PROMPT, InstructionPair
 from dsnb.data.records import load_records
 from dsnb.data.words import token_f1
-
-#: The instruction of the summary task (the same text notebook 03's SFT data uses).
-SUMMARY_INSTRUCTION = "Summarize this Python function in one line.\n"
 
 KINDS = ("other_summary", "truncated", "sft_sample")
 
@@ -63,7 +60,7 @@ def build_pairs(
     pairs: list[InstructionPair],
     kinds: Iterable[str] = ("other_summary", "truncated"),
     sft_samples: Mapping[str, str] | None = None,
-    instruction: str = SUMMARY_INSTRUCTION,
+    instruction: str = SUMMARY_PROMPT,
     wrong_below: float = 0.5,
 ) -> list[dict[str, str]]:
     """One preference record per pair: ``prompt``, ``chosen``, ``rejected``, ``kind``, ``qualname``.

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from dsnb.data.corpus import InstructionPair
-from dsnb.data.preference import SUMMARY_INSTRUCTION, token_f1
+from dsnb.data.corpus import SUMMARY_PROMPT, InstructionPair
+from dsnb.data.preference import token_f1
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Question:
 
 def summary_questions(pairs: Sequence[InstructionPair]) -> list[Question]:
     """The summary task of notebook 03 for each function: signature in, docstring summary as reference."""
-    return [Question(SUMMARY_INSTRUCTION + p.signature, p.summary) for p in pairs]
+    return [Question(SUMMARY_PROMPT + p.signature, p.summary) for p in pairs]
 
 
 def _one_user(client: httpx.Client, user: str, asks: list[Question], rng: np.random.Generator, max_tokens: int,

@@ -27,16 +27,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from dsnb.data.corpus import InstructionPair
+from dsnb.data.corpus import NEXT_LINE_PROMPT, SUMMARY_PROMPT, InstructionPair
 from dsnb.train.config import DEFAULT_TASKS, TASKS, ConfigError, FinetuneConfig
 
 logger = logging.getLogger(__name__)
-
-
-SUMMARY_PROMPT = "Summarize this Python function in one line.\n"
-
-
-NEXT_LINE_PROMPT = "Write the next line of this Python code.\n"
 
 
 def _stable_int(text: str) -> int:
