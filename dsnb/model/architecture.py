@@ -23,13 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsnb.model.experts import num_routed_experts
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    if isinstance(config, dict):
-        return config.get(key, default)
-    return getattr(config, key, default)
+from dsnb.model.experts import config_value, num_routed_experts
 
 
 def component_of(name: str) -> str:
@@ -62,7 +56,7 @@ def parameter_breakdown(model: nn.Module) -> list[dict]:
     """
     config = getattr(model, "config", None)
     n_exp = num_routed_experts(config) if config is not None else 0
-    k = _get(config, "num_experts_per_tok") or 0
+    k = config_value(config, "num_experts_per_tok") or 0
     totals: OrderedDict[str, int] = OrderedDict()
     for name, p in model.named_parameters():
         comp = component_of(name)
@@ -85,18 +79,18 @@ def kv_cache_per_token(config: Any, bytes_per_element: int = 2) -> dict:
     every head; grouped-query attention (Llama, Qwen2) for every key/value head only.
     ``bytes_per_element`` is 2 for bf16/fp16 caches. Works on DeepSeek-V2/V3, Llama and Qwen2 configs.
     """
-    layers = _get(config, "num_hidden_layers")
-    heads = _get(config, "num_attention_heads")
+    layers = config_value(config, "num_hidden_layers")
+    heads = config_value(config, "num_attention_heads")
     if layers is None or heads is None:
         raise ValueError("config lacks num_hidden_layers / num_attention_heads: pass a transformers config "
                          "(e.g. model.config) or its dict")
-    latent = _get(config, "kv_lora_rank")
+    latent = config_value(config, "kv_lora_rank")
     if latent is not None:
-        rope, nope, v = _get(config, "qk_rope_head_dim"), _get(config, "qk_nope_head_dim"), _get(config, "v_head_dim")
+        rope, nope, v = config_value(config, "qk_rope_head_dim"), config_value(config, "qk_nope_head_dim"), config_value(config, "v_head_dim")
         kind, cached, mha = "MLA", latent + rope, heads * ((nope + rope) + v)
     else:
-        head_dim = _get(config, "head_dim") or _get(config, "hidden_size") // heads
-        kv_heads = _get(config, "num_key_value_heads") or heads
+        head_dim = config_value(config, "head_dim") or config_value(config, "hidden_size") // heads
+        kv_heads = config_value(config, "num_key_value_heads") or heads
         kind = "MHA" if kv_heads == heads else "GQA"
         cached, mha = 2 * kv_heads * head_dim, 2 * heads * head_dim
     return {
@@ -139,12 +133,12 @@ def forward_flops(config: Any, seq_len: int, batch: int = 1, attention: str = "m
     if attention not in ("mla", "mha"):
         raise ValueError("attention must be 'mla' or 'mha'")
     T = seq_len * batch
-    h = _get(config, "hidden_size")
-    H = _get(config, "num_attention_heads")
-    L = _get(config, "num_hidden_layers")
-    rope, nope, v = _get(config, "qk_rope_head_dim"), _get(config, "qk_nope_head_dim"), _get(config, "v_head_dim")
+    h = config_value(config, "hidden_size")
+    H = config_value(config, "num_attention_heads")
+    L = config_value(config, "num_hidden_layers")
+    rope, nope, v = config_value(config, "qk_rope_head_dim"), config_value(config, "qk_nope_head_dim"), config_value(config, "v_head_dim")
     qk = rope + nope
-    qr, kvr = _get(config, "q_lora_rank"), _get(config, "kv_lora_rank")
+    qr, kvr = config_value(config, "q_lora_rank"), config_value(config, "kv_lora_rank")
     if attention == "mla":
         q = (h * qr + qr * H * qk) if qr else h * H * qk
         proj = q + h * (kvr + rope) + kvr * H * (nope + v) + H * v * h
@@ -152,13 +146,13 @@ def forward_flops(config: Any, seq_len: int, batch: int = 1, attention: str = "m
         proj = h * H * qk * 2 + h * H * v + H * v * h
     attn_proj = 2 * T * proj
     attn_scores = 2 * batch * H * seq_len * seq_len * (qk + v)
-    dense_layers = min(_get(config, "first_k_dense_replace", 0) or 0, L)
+    dense_layers = min(config_value(config, "first_k_dense_replace", 0) or 0, L)
     moe_layers = L - dense_layers
-    mlp_dense = 2 * T * 3 * h * _get(config, "intermediate_size") * dense_layers
-    n_exp, k = num_routed_experts(config), _get(config, "num_experts_per_tok") or 0
-    mi, ns = _get(config, "moe_intermediate_size") or 0, _get(config, "n_shared_experts") or 0
+    mlp_dense = 2 * T * 3 * h * config_value(config, "intermediate_size") * dense_layers
+    n_exp, k = num_routed_experts(config), config_value(config, "num_experts_per_tok") or 0
+    mi, ns = config_value(config, "moe_intermediate_size") or 0, config_value(config, "n_shared_experts") or 0
     mlp_moe = 2 * T * (3 * h * mi * (k + ns) + h * n_exp) * moe_layers
-    head = 2 * T * h * _get(config, "vocab_size") if include_head else 0
+    head = 2 * T * h * config_value(config, "vocab_size") if include_head else 0
     parts = {
         "attention projections": attn_proj * L,
         "attention scores": attn_scores * L,

@@ -17,21 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsnb.model.experts import num_routed_experts
+from dsnb.model.experts import config_value, num_routed_experts
 
 #: Architectures whose q/k/v projections always have a bias (DeepSeek-R1-Distill-Qwen is one).
 QKV_BIAS_MODELS = ("qwen2",)
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    if isinstance(config, dict):
-        value = config.get(key, default)
-    else:
-        value = getattr(config, key, default)
-    return default if value is None and default is not None else value
 
 
 @dataclass(frozen=True)
@@ -120,36 +112,36 @@ class ModelShape:
             name = name or config.get("name")
             config = config["config"]
         missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
-                   if _get(config, k) is None]
+                   if config_value(config, k) is None]
         if missing:
             raise ValueError(f"the model config lacks {missing}; pass a transformers config, a config.json "
                              "dict, or use ModelShape.from_parameters(n, hidden_size=..., num_layers=..., ...)")
-        heads = _get(config, "num_attention_heads")
+        heads = config_value(config, "num_attention_heads")
         n_exp = num_routed_experts(config)
-        moe_inter = _get(config, "moe_intermediate_size") or 0
+        moe_inter = config_value(config, "moe_intermediate_size") or 0
         return cls(
-            name=name or _get(config, "name_or_path") or _get(config, "_name_or_path") or _get(config, "model_type", "model"),
-            vocab_size=_get(config, "vocab_size"),
-            hidden_size=_get(config, "hidden_size"),
-            num_hidden_layers=_get(config, "num_hidden_layers"),
+            name=name or config_value(config, "name_or_path") or config_value(config, "_name_or_path") or config_value(config, "model_type", "model"),
+            vocab_size=config_value(config, "vocab_size"),
+            hidden_size=config_value(config, "hidden_size"),
+            num_hidden_layers=config_value(config, "num_hidden_layers"),
             num_attention_heads=heads,
-            num_key_value_heads=_get(config, "num_key_value_heads") or heads,
-            intermediate_size=_get(config, "intermediate_size") or 4 * _get(config, "hidden_size"),
-            head_dim=_get(config, "head_dim"),
-            tie_word_embeddings=bool(_get(config, "tie_word_embeddings", False)),
-            attention_bias=bool(_get(config, "attention_bias", False)),
-            qkv_bias=_get(config, "model_type") in QKV_BIAS_MODELS,
-            q_lora_rank=_get(config, "q_lora_rank"),
-            kv_lora_rank=_get(config, "kv_lora_rank"),
-            qk_rope_head_dim=_get(config, "qk_rope_head_dim", 0) or 0,
-            qk_nope_head_dim=_get(config, "qk_nope_head_dim", 0) or 0,
-            v_head_dim=_get(config, "v_head_dim", 0) or 0,
+            num_key_value_heads=config_value(config, "num_key_value_heads") or heads,
+            intermediate_size=config_value(config, "intermediate_size") or 4 * config_value(config, "hidden_size"),
+            head_dim=config_value(config, "head_dim"),
+            tie_word_embeddings=bool(config_value(config, "tie_word_embeddings", False)),
+            attention_bias=bool(config_value(config, "attention_bias", False)),
+            qkv_bias=config_value(config, "model_type") in QKV_BIAS_MODELS,
+            q_lora_rank=config_value(config, "q_lora_rank"),
+            kv_lora_rank=config_value(config, "kv_lora_rank"),
+            qk_rope_head_dim=config_value(config, "qk_rope_head_dim", 0) or 0,
+            qk_nope_head_dim=config_value(config, "qk_nope_head_dim", 0) or 0,
+            v_head_dim=config_value(config, "v_head_dim", 0) or 0,
             n_routed_experts=int(n_exp),
-            num_experts_per_tok=int(_get(config, "num_experts_per_tok", 0) or 0),
-            n_shared_experts=int(_get(config, "n_shared_experts", 0) or 0),
+            num_experts_per_tok=int(config_value(config, "num_experts_per_tok", 0) or 0),
+            n_shared_experts=int(config_value(config, "n_shared_experts", 0) or 0),
             moe_intermediate_size=int(moe_inter),
-            first_k_dense_replace=int(_get(config, "first_k_dense_replace", 0) or 0),
-            moe_layer_freq=int(_get(config, "moe_layer_freq", 1) or 1),
+            first_k_dense_replace=int(config_value(config, "first_k_dense_replace", 0) or 0),
+            moe_layer_freq=int(config_value(config, "moe_layer_freq", 1) or 1),
         )
 
     @classmethod
