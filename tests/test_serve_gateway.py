@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
 from dsnb.serve.assignment import assign, bucket
-from dsnb.serve.cache import RedisCache
 from dsnb.serve.engine import ModelEngine
 from dsnb.serve.gateway import Backend, Experiment, Gateway, Pool
+from dsnb.serve.response_cache import RedisCache
 from dsnb.serve.runner import BackgroundServer
 from dsnb.serve.server import create_app
 from dsnb.serve.store import EventStore
@@ -120,7 +120,7 @@ def test_redis_down_bypasses_the_cache_with_a_warning(servers, caplog):
     sa, _ = servers
     cache = RedisCache("redis://127.0.0.1:9/0", timeout=0.2)
     gw = Gateway(Experiment("exp", "s", {"A": 1}), {"A": [sa.url]}, cache=cache, health_interval=3600, open_access=True)
-    with TestClient(gw.app) as c, caplog.at_level(logging.WARNING, logger="dsnb.serve.cache"):
+    with TestClient(gw.app) as c, caplog.at_level(logging.WARNING, logger="dsnb.serve.response_cache"):
         statuses = [ask(c, "erin").status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
     assert cache.bypassed == 6  # three gets and three sets, none of them an error to the user

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from dsnb.serve.cache import RedisCache
 from dsnb.serve.engine import ModelEngine
 from dsnb.serve.gateway import Experiment, Gateway
+from dsnb.serve.response_cache import RedisCache
 from dsnb.serve.runner import BackgroundServer, free_port
 from dsnb.serve.server import create_app
 from dsnb.serve.store import EventStore
@@ -147,7 +147,7 @@ def test_redis_cache_serves_hits_and_survives_redis_being_killed(redis_server, m
     assert 0 < cache.client.ttl(cache.prefix + "k") <= 60  # stored with an expiry
     gw = Gateway(Experiment("e", "s", {"A": 1}), {"A": [model_server.url]}, cache=cache, health_interval=3600,
                  open_access=True)
-    with TestClient(gw.app) as c, caplog.at_level(logging.WARNING, logger="dsnb.serve.cache"):
+    with TestClient(gw.app) as c, caplog.at_level(logging.WARNING, logger="dsnb.serve.response_cache"):
         first = [_ask(c, "u").headers["x-cache"] for _ in range(2)]
         redis_server.kill()
         during = [_ask(c, "u") for _ in range(3)]

@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                                   max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
         app = create_app(engine, api_key=api_key)
     else:
-        from dsnb.serve.cache import make_cache
         from dsnb.serve.gateway import Experiment, Gateway, client_keys_from
+        from dsnb.serve.response_cache import make_cache
 
         pools = _variants(args.variant)
         experiment = Experiment(args.experiment, args.salt, _weights(args.weights, list(pools)))

@@ -62,7 +62,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dsnb.serve.assignment import assign, check_weights
-from dsnb.serve.cache import TTLCache, cache_key, cacheable
+from dsnb.serve.response_cache import TTLCache, cache_key, cacheable
 from dsnb.serve.server import (
     LATENCY_BUCKETS,
     MAX_BODY_BYTES,

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from dsnb.serve.cache import RedisCache, TTLCache, cache_key, cacheable, make_cache, normalize_prompt
+from dsnb.serve.response_cache import RedisCache, TTLCache, cache_key, cacheable, make_cache, normalize_prompt
 
 
 def test_key_normalises_white_space_but_not_case_and_includes_everything_that_changes_the_answer():
@@ -54,7 +54,7 @@ def test_make_cache_follows_redis_url(monkeypatch):
 
 def test_unreachable_redis_misses_and_warns_once(caplog):
     cache = RedisCache("redis://127.0.0.1:9/0", timeout=0.2, warn_every=3600)
-    with caplog.at_level(logging.WARNING, logger="dsnb.serve.cache"):
+    with caplog.at_level(logging.WARNING, logger="dsnb.serve.response_cache"):
         assert cache.get("k") is None
         cache.set("k", {"x": 1})
         assert cache.get("k") is None
