@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from dsnb.serve.online import feedback_pairs, update_from_feedback, user_prompt
+from dsnb.serve.online import false_accept_rate, feedback_pairs, gate, update_from_feedback, user_prompt
 
 
 def _req(rid, prompt, answer, status=200):
@@ -54,7 +55,7 @@ def test_a_round_trains_a_copy_and_the_gate_decides(base_dir, corpus, tolerance,
         after = candidate.state_dict()
         assert set(after) == set(before)  # LoRA merged back: same parameter names as the served model
         assert any(not torch.equal(before[k], after[k]) for k in before)
-        assert "not worse" in rnd.reason
+        assert "swap it in" in rnd.reason and rnd.comparison.unit == "prompts" and rnd.comparison.pairs == len(held)
     else:
         assert candidate is None and "keep the served model" in rnd.reason
 
@@ -89,3 +90,24 @@ def test_a_user_contributes_to_at_most_max_per_user_answers_a_round(caplog):
         capped = feedback_pairs(requests, feedback, max_per_user=4)
     assert [p["prompt"] for p in capped] == ["q0", "q1"]  # her first four answers: two prompts' worth
     assert "16 feedback rows over the cap of 4 answers per user" in caplog.text
+
+
+def test_the_gate_needs_a_gain_the_prompts_show_not_a_higher_mean_once():
+    rng = np.random.default_rng(0)
+    served = rng.uniform(0, 0.4, 32)
+    swing = np.resize([0.08, -0.08], 32)
+    slightly = list(served + 0.006 + swing)  # a gain of 0.006 where prompts swing by 0.08 either way
+    clearly = list(served + 0.1 + swing / 2)
+    assert sum(slightly) > sum(served)  # the old rule ("not lower") would have swapped it in
+    assert not gate(slightly, list(served))[0] and gate(slightly, list(served))[1].label == "within noise"
+    assert gate(clearly, list(served))[0] and gate(clearly, list(served))[1].label == "better"
+    assert gate(slightly, list(served), tolerance=0.1)[0]  # non-inferiority: at most 0.1 worse is accepted
+
+
+def test_false_accept_rate_of_a_candidate_that_is_no_better():
+    rng = np.random.default_rng(1)
+    served = list(rng.uniform(0, 0.4, 32))
+    candidate = [s + d for s, d in zip(served, rng.normal(0.0, 0.08, 32), strict=True)]
+    rates = false_accept_rate(candidate, served, draws=1000)
+    assert rates["paired gate"] <= 0.05  # one-sided at 95% two-sided: about 2.5%
+    assert 0.35 <= rates["mean is not lower"] <= 0.65  # the plain rule passes about half of them

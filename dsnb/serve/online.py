@@ -10,9 +10,12 @@ model, so an A/B test could not attribute anything. The safe form is periodic:
    ``max_per_user`` answers per user and round;
 2. ``update_from_feedback``: nothing happens below ``min_pairs`` pairs; otherwise a short DPO run
    with LoRA (``dsnb.train.dpo``) on a copy of the served model, merged into its weights;
-3. the gate: the candidate's mean token-F1 on held-out prompts must not fall below the served
-   model's by more than ``tolerance``; only then does the caller swap it in
-   (``ModelEngine.swap``), and ``ModelEngine.rollback`` undoes it.
+3. the gate (``gate``): both models answer the same held-out prompts, and the per-prompt token-F1
+   differences are compared with the course's paired rule (``dsnb.train.compare``): the candidate
+   passes when the lower end of the 95% interval of its mean gain is above ``-tolerance`` (with the
+   default 0: when it is shown better, not when it merely scored higher once). Only then does the
+   caller swap it in (``ModelEngine.swap``), and ``ModelEngine.rollback`` undoes it.
+   ``false_accept_rate`` measures how often a gate passes a candidate that is no better.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dsnb.data.preference import preference_dataset, token_f1
 from dsnb.data.records import validate_record
+from dsnb.train.compare import Comparison, compare_seeds
 from dsnb.train.config import FinetuneConfig
 from dsnb.train.dpo import build_dpo_trainer
 from dsnb.train.evaluation import generate_answers
@@ -122,13 +127,51 @@ def feedback_pairs(requests: Iterable[Mapping[str, Any]], feedback: Iterable[Map
     return pairs
 
 
-def heldout_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-                  references: list[str], max_new_tokens: int = 24) -> float:
-    """Mean token-F1 of the model's greedy answers to ``prompts`` against ``references`` (the gate's judge)."""
+def heldout_scores(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                   references: list[str], max_new_tokens: int = 24) -> list[float]:
+    """Token-F1 of the model's greedy answer to each of ``prompts`` against its reference (the gate's judge)."""
     _check_heldout(prompts, references)
     conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": ""}] for p in prompts]
     answers = generate_answers(model, tokenizer, conversations, max_new_tokens)
-    return sum(token_f1(a, r) for a, r in zip(answers, references, strict=True)) / len(prompts)
+    return [token_f1(a, r) for a, r in zip(answers, references, strict=True)]
+
+
+def heldout_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                  references: list[str], max_new_tokens: int = 24) -> float:
+    """Mean token-F1 over ``prompts`` (``heldout_scores``)."""
+    scores = heldout_scores(model, tokenizer, prompts, references, max_new_tokens)
+    return sum(scores) / len(scores)
+
+
+def gate(candidate: list[float], served: list[float], tolerance: float = 0.0, confidence: float = 0.95
+         ) -> tuple[bool, Comparison]:
+    """(passes, comparison) for per-prompt scores of the candidate and the served model on the same prompts.
+
+    The candidate passes when the ``confidence`` interval's lower end of its mean per-prompt gain is
+    above ``-tolerance``: with ``tolerance=0`` it must be shown better; a positive tolerance accepts a
+    candidate shown to be at most that much worse (non-inferiority).
+    """
+    comparison = compare_seeds(candidate, served, lower_is_better=False, confidence=confidence, unit="prompts")
+    return bool(comparison.ci_low > -tolerance), comparison
+
+
+def false_accept_rate(candidate: list[float], served: list[float], tolerance: float = 0.0,
+                      confidence: float = 0.95, draws: int = 2000, seed: int = 0) -> dict[str, float]:
+    """How often a gate passes a candidate that is no better, for the paired gate and the plain "scored higher" rule.
+
+    Null candidates are made from the measured per-prompt differences by flipping each one's sign at
+    random (a model no better than the served one is as likely to win a prompt by d as to lose it by d),
+    so the spread is the real one. Returns the share of draws each rule accepts.
+    """
+    rng = np.random.default_rng(seed)
+    diff = np.asarray(candidate, dtype=float) - np.asarray(served, dtype=float)
+    base = np.asarray(served, dtype=float)
+    paired = plain = 0
+    for _ in range(draws):
+        null = diff * rng.choice((-1.0, 1.0), size=len(diff))
+        paired += gate(list(base + null), list(base), tolerance, confidence)[0]
+        plain += bool(null.mean() >= -tolerance)
+    return {"paired gate": paired / draws, "mean is not lower": plain / draws}
 
 
 def _check_heldout(prompts: list[str], references: list[str]) -> None:
@@ -165,6 +208,7 @@ class OnlineRound:
     reason: str
     served_score: float | None = None
     candidate_score: float | None = None
+    comparison: Comparison | None = None  # the gate's paired comparison over the held-out prompts
     train_loss: float | None = None
     seconds: float = 0.0
     dropped: dict[str, int] = field(default_factory=dict)  # pairs left out, by reason (``usable_pairs``)
@@ -201,10 +245,13 @@ def update_from_feedback(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             loss = trainer.train().training_loss
     candidate = trainer.model.merge_and_unload().eval()
-    served = heldout_score(model, tokenizer, heldout_prompts, heldout_references)
-    new = heldout_score(candidate, tokenizer, heldout_prompts, heldout_references)
-    accepted = new >= served - tolerance
-    reason = (f"held-out token-F1 {new:.3f} vs {served:.3f} served: "
-              + ("not worse, swap it in" if accepted else "worse, keep the served model") + left_out)
-    return (candidate if accepted else None), OnlineRound(len(pairs), True, accepted, reason, served, new, loss,
+    served = heldout_scores(model, tokenizer, heldout_prompts, heldout_references)
+    new = heldout_scores(candidate, tokenizer, heldout_prompts, heldout_references)
+    accepted, comparison = gate(new, served, tolerance)
+    need = "shown better" if tolerance == 0 else f"shown at most {tolerance:g} worse"
+    reason = (f"held-out token-F1 {sum(new) / len(new):.3f} vs {sum(served) / len(served):.3f} served, gain "
+              f"{comparison.describe()}: " + (f"{need}, swap it in" if accepted else f"not {need}, keep the served "
+                                               "model") + left_out)
+    return (candidate if accepted else None), OnlineRound(len(pairs), True, accepted, reason, sum(served) / len(served),
+                                                          sum(new) / len(new), comparison, loss,
                                                           time.perf_counter() - t0, dropped)

@@ -58,6 +58,7 @@ class Comparison:
     confidence: float
     power: float
     lower_is_better: bool
+    unit: str = "seeds"  # what was paired: seeds of two training runs, or prompts answered by two models
 
     def __str__(self) -> str:
         return self.describe()
@@ -65,10 +66,10 @@ class Comparison:
     def describe(self, fmt: str = "{:+.3f}") -> str:
         """One line, e.g. ``-0.038 (95% CI -0.066 to -0.010, 3 seeds; detectable 0.041): better``."""
         if self.pairs < 2:
-            return f"{self.pairs} paired seed(s): {self.label}"
+            return f"{self.pairs} paired {self.unit}: {self.label}"
         level = f"{self.confidence:.0%}" if round(self.confidence, 2) == self.confidence else f"{self.confidence:.2%}"
         return (f"{fmt.format(self.effect)} ({level} CI {fmt.format(self.ci_low)} to {fmt.format(self.ci_high)}, "
-                f"{self.pairs} seeds; detectable {fmt.format(self.detectable).lstrip('+')}): {self.label}")
+                f"{self.pairs} {self.unit}; detectable {fmt.format(self.detectable).lstrip('+')}): {self.label}")
 
     def as_row(self) -> dict[str, Any]:
         """The fields as a dict, for one row of a ``pandas.DataFrame``."""
@@ -122,14 +123,15 @@ def _detectable(sd: float, n: int, t_crit: float, power: float) -> float:
 
 
 def compare_seeds(candidate: Runs, baseline: Runs, *, lower_is_better: bool, confidence: float = 0.95,
-                  power: float = 0.8) -> Comparison:
+                  power: float = 0.8, unit: str = "seeds") -> Comparison:
     """Compare a candidate setup with a baseline run over the same seeds (paired Student-t on the differences).
 
     ``candidate`` and ``baseline`` are one value of the metric per run: ``{seed: value}`` mappings (paired
     by seed) or sequences in the same seed order. ``lower_is_better`` says which way is "better" (True
     for a loss or an error rate, False for an accuracy). The label is "better" or "worse" when the
     ``confidence`` interval of the mean difference excludes 0 (two-sided p < 1 - confidence), "within
-    noise" when it does not, and "too few runs to tell" with fewer than two pairs.
+    noise" when it does not, and "too few runs to tell" with fewer than two pairs. The same rule pairs
+    other things measured on both arms, e.g. prompts answered by two models (``unit="prompts"``).
     """
     if not 0 < confidence < 1 or not 0 < power < 1:
         raise ValueError(f"confidence and power are probabilities in (0, 1); got {confidence}, {power}")
@@ -138,7 +140,7 @@ def compare_seeds(candidate: Runs, baseline: Runs, *, lower_is_better: bool, con
     if n < 2:
         effect = float(d[0]) if n else math.nan
         return Comparison(TOO_FEW, effect, -math.inf, math.inf, math.inf, math.inf, math.nan, 0, math.nan, n,
-                          confidence, power, lower_is_better)
+                          confidence, power, lower_is_better, unit)
     dof, mean, sd = n - 1, float(d.mean()), float(d.std(ddof=1))
     se = sd / math.sqrt(n)
     t_crit = float(stats.t.ppf(1 - (1 - confidence) / 2, dof))
@@ -151,4 +153,4 @@ def compare_seeds(candidate: Runs, baseline: Runs, *, lower_is_better: bool, con
     real = p < 1 - confidence
     label = NOISE if not real else (BETTER if (mean < 0) == lower_is_better else WORSE)
     return Comparison(label, mean, mean - half, mean + half, half, _detectable(sd, n, t_crit, power), t, dof, p, n,
-                      confidence, power, lower_is_better)
+                      confidence, power, lower_is_better, unit)
