@@ -4,6 +4,9 @@ Executes every numbered notebook in order, each in its own process with papermil
 executed copies to ``build/course/`` (the committed notebooks are left untouched), and prints a
 table of each notebook's wall time and peak memory. ``-p NAME VALUE`` overrides a value of every
 notebook's parameters cell, e.g. ``-p MODEL deepseek-ai/deepseek-coder-1.3b-base`` on a GPU machine.
+
+``python -m dsnb.course --ledger`` runs nothing: it rewrites README's claims ledger from the ledger outputs
+of the committed notebooks (``dsnb.ledger``); ``--ledger --check`` only compares and exits 1 on a difference.
 """
 
 from __future__ import annotations
@@ -125,9 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory", nargs="?", default="notebooks")
     parser.add_argument("--out", default="build/course")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    parser.add_argument("--ledger", action="store_true",
+                        help="render README's claims ledger from the committed notebooks' ledger outputs")
+    parser.add_argument("--check", action="store_true", help="with --ledger: only compare, exit 1 if README differs")
+    parser.add_argument("--readme", default="README.md", help="with --ledger: the README to render into")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.check and not args.ledger:
+        parser.error("--check goes with --ledger")
+    if args.ledger:
+        from dsnb.ledger import LedgerError, update_readme
+
+        try:
+            return update_readme(args.readme, args.directory, check=args.check)
+        except (LedgerError, FileNotFoundError) as exc:
+            print(f"ledger: {exc}", file=sys.stderr)
+            return 2
     if args.one:
         print(json.dumps(_execute_one(Path(args.one), Path(args.out), json.loads(args.params))))
         return 0

@@ -17,7 +17,7 @@ LAYERS = {
     "dsnb.plan": 3,
     "dsnb.train": 4,
     "dsnb.compress": 5, "dsnb.serve": 5,
-    "dsnb.course": 6, "dsnb.checklist": 6, "dsnb.doctor": 6, "dsnb.exercises": 6, "dsnb": 6,
+    "dsnb.course": 6, "dsnb.checklist": 6, "dsnb.doctor": 6, "dsnb.exercises": 6, "dsnb.ledger": 6, "dsnb": 6,
 }
 
 
