@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from dsnb.serve import abtest
@@ -136,3 +137,31 @@ def test_assignment_hash_keeps_salt_and_user_apart():
     assert bucket("x:y", "a") != bucket("y", "a:x")
     same = sum(assign(f"x:{u}", "a", {"A": 1, "B": 1}) == assign(str(u), "a:x", {"A": 1, "B": 1}) for u in range(400))
     assert 140 < same < 260  # independent draws agree about half the time, not always
+
+
+def test_clustered_difference_equals_statsmodels_cluster_robust_ols():
+    sm = pytest.importorskip("statsmodels.api")
+    rng = np.random.default_rng(0)
+    clicks, on_b, user = rng.random(500) < 0.2, rng.random(500) < 0.5, rng.integers(0, 80, 500)
+    res = abtest.clustered_difference(clicks, on_b, user)
+    ref = sm.OLS(clicks.astype(float), sm.add_constant(on_b.astype(float))).fit(cov_type="cluster",
+                                                                                 cov_kwds={"groups": user})
+    assert res.difference == pytest.approx(ref.params[1], abs=1e-12)
+    assert res.se_clustered == pytest.approx(ref.bse[1], rel=1e-9)
+    assert res.p_clustered == pytest.approx(ref.pvalues[1], rel=1e-6)
+    ab = abtest.two_proportion_test(int(clicks[~on_b].sum()), int((~on_b).sum()), int(clicks[on_b].sum()), int(on_b.sum()))
+    assert res.se_naive == pytest.approx((ab.ci_high - ab.difference) / 1.959963984540054, rel=1e-9)
+    with pytest.raises(ValueError, match="both variants"):
+        abtest.clustered_difference([1, 0], [True, True], [0, 1])
+
+
+def test_per_request_metric_the_coin_flip_is_unbiased_and_sticky_needs_clustered_errors():
+    flagged = {m: [abtest.simulate_ctr(m, effect=0.0, seed=s).test for s in range(60)] for m in ("sticky", "per_request")}
+    naive_sticky = np.mean([t.p_naive < 0.05 for t in flagged["sticky"]])
+    clustered_sticky = np.mean([t.p_clustered < 0.05 for t in flagged["sticky"]])
+    assert naive_sticky >= 0.12 and clustered_sticky <= 0.10  # users' requests are correlated under the sticky split
+    assert np.mean([t.p_naive < 0.05 for t in flagged["per_request"]]) <= 0.10
+    lifts = [abtest.simulate_ctr("per_request", effect=0.03, seed=s) for s in range(30)]
+    assert np.mean([r.estimated_lift for r in lifts]) == pytest.approx(0.03, abs=0.004)  # per request: unbiased
+    with pytest.raises(ValueError, match="sticky"):
+        abtest.simulate_ctr("random")
