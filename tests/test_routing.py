@@ -21,7 +21,7 @@ def test_load_imbalance_values():
 
 
 def test_bias_moves_against_the_load(model):
-    bal = ExpertBiasBalancer(model, gamma=0.01)
+    bal = ExpertBiasBalancer(model, bias_update_rate=0.01)
     (_, router), = routers(model)
     bal.counts[0] = torch.tensor([10, 0, 2, 2, 2, 2, 2, 4], dtype=torch.float64)  # mean 3
     bal.update()
@@ -49,7 +49,7 @@ def test_balancing_evens_out_a_skewed_router(model):
         router.e_score_correction_bias[0] = 0.5  # expert 0 is chosen for every token
     x = torch.randint(0, 256, (4, 32))
     before = load_imbalance(expert_load(model, x)).item()
-    bal = ExpertBiasBalancer(model, gamma=0.02)
+    bal = ExpertBiasBalancer(model, bias_update_rate=0.02)
     model.train()
     with torch.no_grad():
         for _ in range(60):
@@ -83,7 +83,7 @@ def _balance_on_rank(rank: int, world: int, init: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     torch.manual_seed(0)
     model = DeepseekV3ForCausalLM(tiny_deepseek_config(vocab_size=256, num_hidden_layers=2)).train()
-    bal = ExpertBiasBalancer(model, gamma=0.01)
+    bal = ExpertBiasBalancer(model, bias_update_rate=0.01)
     torch.manual_seed(100 + rank)  # each rank sees different data, as under DDP
     model(input_ids=torch.randint(0, 256, (2, 16)))
     local = bal.counts[0].clone()

@@ -1,7 +1,8 @@
 """MoE routing during training: DeepSeek-V3's auxiliary-loss-free load balancing, and load statistics.
 
 DeepSeek-V3's router picks each token's experts by ``score + e_score_correction_bias``; the bias is
-not learned by gradient descent. After every optimizer step it moves by a fixed ``gamma`` toward
+not learned by gradient descent. After every optimizer step it moves by a fixed step (the paper's γ,
+``bias_update_rate`` everywhere in dsnb: this callback, ``PretrainConfig`` and ``FinetuneConfig``) toward
 balance: down for experts that received more than the mean load, up for those that received less.
 transformers keeps the bias as a buffer and never updates it, so training with a plain ``Trainer``
 silently turns the balancing off. ``ExpertBiasBalancer`` turns it back on as a ``TrainerCallback``.
@@ -53,16 +54,21 @@ def load_imbalance(load: torch.Tensor) -> torch.Tensor:
     return load.max(dim=-1).values / load.mean(dim=-1).clamp_min(1e-9)
 
 
+#: DeepSeek-V3's bias step γ. The course's short runs use their own: pretraining 0.005 (``PretrainConfig``: 400
+#: steps need a larger step to balance at all), fine-tuning 0 unless a recipe sets it (as a plain ``Trainer`` does).
+DEEPSEEK_V3_BIAS_UPDATE_RATE = 1e-3
+
+
 class ExpertBiasBalancer(TrainerCallback):
     """Auxiliary-loss-free balancing (DeepSeek-V3): update each router's bias after every optimizer step.
 
-    ``bias += gamma * sign(mean_load - load)``, with the load counted over all micro-batches of the
-    step (training-mode forward passes only, padding excluded) and summed over all data-parallel
-    processes. DeepSeek-V3 used ``gamma = 0.001``.
+    ``bias += bias_update_rate * sign(mean_load - load)``, with the load counted over all micro-batches of
+    the step (training-mode forward passes only, padding excluded) and summed over all data-parallel
+    processes. The default is DeepSeek-V3's γ = 0.001 (``DEEPSEEK_V3_BIAS_UPDATE_RATE``).
     """
 
-    def __init__(self, model: nn.Module, gamma: float = 1e-3):
-        self.gamma = gamma
+    def __init__(self, model: nn.Module, bias_update_rate: float = DEEPSEEK_V3_BIAS_UPDATE_RATE):
+        self.bias_update_rate = bias_update_rate
         self.routers = routers(model)
         if not self.routers:
             logger.warning("ExpertBiasBalancer: %s has no router with e_score_correction_bias; nothing to balance",
@@ -98,7 +104,7 @@ class ExpertBiasBalancer(TrainerCallback):
         for (_, router), counts in zip(self.routers, self.counts, strict=True):
             if counts.sum() == 0:
                 continue
-            step = self.gamma * torch.sign(counts.mean() - counts)
+            step = self.bias_update_rate * torch.sign(counts.mean() - counts)
             router.e_score_correction_bias += step.to(router.e_score_correction_bias.dtype)
             counts.zero_()
 
