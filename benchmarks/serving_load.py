@@ -56,6 +56,7 @@ from dsnb.serve.latency import percentiles
 from dsnb.serve.runner import BackgroundServer, free_port
 from dsnb.serve.simulate import summary_questions
 from dsnb.serve.store import EventStore
+from dsnb.train.dpo import sft_model_path
 
 CLIENT_KEY, BACKEND_KEY = "bench-client-key", "bench-backend-key"
 #: Hostile request kinds and the status each must get.
@@ -307,6 +308,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     disable_progress_bar()
+    sft_model_path()  # the servers serve it but cannot build it (they import no training code)
     prompts = [q.prompt for q in summary_questions(course_corpus().pairs_in("test")[:40])]
     one, batched = run(args, prompts, 1), run(args, prompts, args.max_batch)
     print("\n=== batched against one at a time (same plan)")

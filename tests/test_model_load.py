@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +184,30 @@ def test_unreachable_hub_is_a_clear_error():
 def test_unknown_architecture_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown model_type"):
         save_tiny_random("gpt2", tmp_path)
+
+
+def test_one_resolver_for_course_models_directories_and_hub_ids(base_dir, tmp_path, monkeypatch):
+    from dsnb.model import resolve
+
+    assert resolve.resolve_model("dsnb-tiny") == base_dir
+    assert resolve.resolve_model(tmp_path) == tmp_path and resolve.resolve_model(str(tmp_path)) == tmp_path
+    assert resolve.resolve_model("./runs/x") == Path("runs/x")
+    assert resolve.resolve_model("deepseek-ai/deepseek-coder-1.3b-base") == "deepseek-ai/deepseek-coder-1.3b-base"
+    with pytest.raises(ValueError, match="not a course model"):
+        resolve.register_builder("dsnb-tiny-dpo", lambda: tmp_path)
+    # a process that does not train (no builder registered) and an SFT model not built yet: what to run
+    monkeypatch.setattr(resolve, "_builders", {k: v for k, v in resolve._builders.items() if k != "dsnb-tiny-sft"})
+    monkeypatch.setenv("DSNB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelLoadError, match=r"(?s)not been built .*sft_model_path\(\)"):
+        load_model("dsnb-tiny-sft")
+    shutil.copytree(base_dir, tmp_path / "cache" / "sft_model")  # once built, it is found without building
+    assert resolve.resolve_model("dsnb-tiny-sft") == tmp_path / "cache" / "sft_model"
+
+
+def test_training_registers_the_sft_builder_and_serving_imports_no_training_code():
+    code = ("import sys\nimport dsnb.serve.engine, dsnb.serve.server\nfrom dsnb.model import resolve\n"
+            "print(sorted(m for m in sys.modules if m.startswith('dsnb.train')), 'dsnb-tiny-sft' in resolve._builders)\n"
+            "import dsnb.train\nprint('dsnb-tiny-sft' in resolve._builders)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["[] False", "True"]

@@ -1,8 +1,9 @@
 """Loading any causal LM with its tokenizer, the way real DeepSeek checkpoints load.
 
 - ``load_model`` loads through ``AutoModelForCausalLM`` / ``AutoTokenizer`` from a local directory
-  or a hub id; ``"dsnb-tiny"`` names the course's own base model (``dsnb.model.pretrain``). Changing
-  that one parameter to ``"deepseek-ai/deepseek-coder-1.3b-base"`` is how a notebook scales up.
+  or a hub id; ``"dsnb-tiny"`` names the course's own base model (``dsnb.model.pretrain``) and
+  ``"dsnb-tiny-sft"`` its SFT model (names resolved by ``dsnb.model.resolve``). Changing that one
+  parameter to ``"deepseek-ai/deepseek-coder-1.3b-base"`` is how a notebook scales up.
 - ``base_model`` is ``load_model("dsnb-tiny")``, building the model first if needed.
 - ``save_tiny_random`` writes tiny random checkpoints of other architectures (DeepSeek-V2, Llama,
   Qwen2) so that code paths for real models are tested without a download.
@@ -13,7 +14,6 @@ Taught in notebook 01.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +27,9 @@ from transformers import (
 
 from dsnb.cache import follow_umask
 from dsnb.model.pretrain import TINY_MODEL_NAME, base_model_path
+from dsnb.model.resolve import ModelLoadError, resolve_model
 
 logger = logging.getLogger(__name__)
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be loaded; the message says what to do."""
-
-
-def _looks_like_path(name: str) -> bool:
-    """A local path (existing, or written like one) rather than a hub id such as ``org/name``."""
-    if Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or "\\" in name:
-        return True
-    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is None
 
 
 #: Shape fields of a config.json that must be positive whole numbers (when present).
@@ -122,18 +112,18 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer via ``AutoModelForCausalLM`` / ``AutoTokenizer``.
 
-    ``name_or_path`` is a local directory, a hub id (``"deepseek-ai/deepseek-coder-1.3b-base"``) or
-    ``"dsnb-tiny"`` for the course's own base model. A missing directory or an unreachable hub raises
-    ``ModelLoadError`` naming what was asked for and how to work offline. The tokenizer always gets a
-    pad token (if it had none, EOS is used and a warning says why that matters for fine-tuning).
+    ``name_or_path`` is a local directory, a hub id (``"deepseek-ai/deepseek-coder-1.3b-base"``) or a
+    course model, ``"dsnb-tiny"`` or ``"dsnb-tiny-sft"`` (``dsnb.model.resolve.resolve_model``). A missing
+    directory or an unreachable hub raises ``ModelLoadError`` naming what was asked for and how to work
+    offline. The tokenizer always gets a pad token (if it had none, EOS is used and a warning says why
+    that matters for fine-tuning).
     """
     _check_dtype_and_device(dtype, device)
-    if str(name_or_path) == TINY_MODEL_NAME:
-        name_or_path = base_model_path()
-    name = str(name_or_path)
-    is_local = isinstance(name_or_path, Path) or _looks_like_path(name)
+    resolved = resolve_model(name_or_path)
+    name = str(resolved)
+    is_local = isinstance(resolved, Path)
     if is_local:
-        path = Path(name).expanduser()
+        path = resolved
         if not path.is_dir():
             raise ModelLoadError(
                 f"Model directory {path} does not exist. Pass a directory that holds config.json and the "

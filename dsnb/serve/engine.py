@@ -42,8 +42,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from dsnb.model.load import TINY_MODEL_NAME, base_model, load_model
-from dsnb.train.dpo import TINY_SFT_NAME, sft_model
+from dsnb.model.load import load_model
 
 
 class PromptTooLong(ValueError):
@@ -81,13 +80,11 @@ class Generation:
 
 def load_for_serving(name_or_path: str, adapter: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``dsnb-tiny`` / ``dsnb-tiny-sft`` (the course models), a local checkpoint or a hub id; ``adapter``:
-    a LoRA adapter directory, merged into the weights (serving engines handle merged weights best)."""
-    if name_or_path == TINY_MODEL_NAME:
-        model, tok = base_model(dtype=torch.float32)
-    elif name_or_path == TINY_SFT_NAME:
-        model, tok = sft_model()
-    else:
-        model, tok = load_model(name_or_path)
+    a LoRA adapter directory, merged into the weights (serving engines handle merged weights best).
+
+    Names resolve through ``dsnb.model.resolve``: serving imports no training code, so the SFT model must
+    have been built already (the error says how)."""
+    model, tok = load_model(name_or_path)
     if adapter is not None:
         from peft import PeftModel
 
