@@ -67,12 +67,13 @@ def test_extra_training_arguments_cannot_override_what_the_config_owns():
 
 
 def _no_loading(monkeypatch):
+    import dsnb.train.run as run
     import dsnb.train.sft as sft
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the cheap config checks ran")
 
-    monkeypatch.setattr(sft, "load_model", refuse)
+    monkeypatch.setattr(run, "load_model", refuse)
     monkeypatch.setattr(sft, "load_sft_data", refuse)
     return sft
 
@@ -101,7 +102,7 @@ def test_resume_without_a_checkpoint_warns(tmp_path, caplog, corpus):
 
     cfg = FinetuneConfig(output_dir=str(tmp_path / "empty"), max_steps=1, eval_steps=None, train_examples=2,
                          per_device_batch_size=2, tasks=("summary",))
-    with caplog.at_level(logging.WARNING, logger="dsnb.train.sft"):
+    with caplog.at_level(logging.WARNING, logger="dsnb.train.run"):
         result = run_sft(cfg, corpus=corpus, resume_from="auto", progress=False)
     assert result.info["steps"] == 1
     assert any(r.levelno == logging.WARNING and "starting from scratch" in r.getMessage() for r in caplog.records)

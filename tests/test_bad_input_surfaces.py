@@ -264,7 +264,7 @@ def test_train_cli_refuses_a_missing_resume_checkpoint_before_loading(tmp_path, 
     def refuse(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(cli, "run_sft", refuse)
+    monkeypatch.setattr(cli, "stage_runner", lambda stage: refuse)
     with pytest.raises(SystemExit) as exit_:
         cli.main(["configs/sft/tiny.yaml", "--resume", str(tmp_path / "nonexistent")])
     assert exit_.value.code == 2

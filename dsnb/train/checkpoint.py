@@ -15,6 +15,9 @@ and it is loaded only when every file matches its hash.
 - ``prepare_resume`` verifies and (if compressed) decompresses a checkpoint into a directory the
   Trainer's ``resume_from_checkpoint`` reads; ``prepare_resume_on_main`` does it once (rank 0) when
   several processes train, and ``remove_restored`` deletes the restored copy afterwards.
+- ``restore_full_weights`` loads a full checkpoint's weights the way ``from_pretrained`` does (the
+  Trainer's own loading misses fused MoE experts); ``load_best_weights`` reloads the best checkpoint
+  through the same verified path. ``dsnb.train.run.run_stage`` uses both for every stage.
 - A checkpoint never makes us write or read outside itself: a manifest entry that is absolute,
   contains ``..``, or resolves (through symbolic links) outside the checkpoint is refused, a
   malformed manifest is a ``CheckpointError``, files are decompressed into a temporary directory in
@@ -34,6 +37,7 @@ import shutil
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from torch import nn
 from transformers import TrainerCallback
 
 from dsnb.cache import TMP_SUFFIX, atomic_directory, atomic_file, follow_umask, write_json_atomic
@@ -348,3 +352,42 @@ def remove_restored_on_main(output_dir: str | Path) -> None:
     state.wait_for_everyone()
     if state.is_main_process:
         remove_restored(output_dir)
+
+
+def restore_full_weights(model: nn.Module, checkpoint: str | Path) -> bool:
+    """Load a checkpoint's weights into ``model`` through ``from_pretrained`` (weight conversions applied).
+
+    Needed for MoE models in transformers 5: a checkpoint stores routed experts per expert
+    (``experts.0.gate_proj.weight`` ...) while the model holds them fused (``experts.gate_up_proj``), and
+    the Trainer's own resume loads the file with ``strict=False``, so the experts would silently keep
+    their pre-resume values. Returns True if weights were loaded (full models; adapters load as usual).
+    """
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = Path(checkpoint)
+    if hasattr(model, "peft_config") or not (checkpoint / "config.json").is_file():
+        return False
+    loaded = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")
+    return True
+
+
+def load_best_weights(model: nn.Module, best: str | Path, output_dir: str | Path) -> None:
+    """Reload the best checkpoint into ``model`` through the resume path (verified, decompressed, converted).
+
+    The Trainer's own ``load_best_model_at_end`` loads with ``strict=False`` (a fused-expert model would
+    keep its last-step routed experts) and does not find compressed weights at all; this replaces it.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    found = prepare_resume_on_main(best, output_dir)
+    assert found is not None
+    restored = found[1]
+    if not restore_full_weights(model, restored):
+        result = set_peft_model_state_dict(model, load_file(restored / "adapter_model.safetensors"))
+        if result.unexpected_keys:
+            raise RuntimeError(f"best checkpoint {best} does not fit the adapters: {result.unexpected_keys}")
+    logger.info("reloaded the best checkpoint %s", best)

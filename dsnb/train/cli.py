@@ -18,7 +18,7 @@ from typing import Any
 
 from dsnb.cache import follow_umask, write_json_atomic
 from dsnb.train.config import ConfigError, FinetuneConfig
-from dsnb.train.sft import run_sft
+from dsnb.train.run import stage_runner
 from dsnb.values import parse_value
 
 logger = logging.getLogger(__name__)
@@ -75,12 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         check_resume(ns.resume)
     except ConfigError as exc:
         parser.exit(2, f"{parser.prog}: {exc}\n")
-    if cfg.stage == "dpo":  # preference tuning (notebook 06)
-        from dsnb.train.dpo import run_dpo
-
-        result = run_dpo(cfg, resume_from=ns.resume)
-    else:
-        result = run_sft(cfg, resume_from=ns.resume)
+    result = stage_runner(cfg.stage)(cfg, resume_from=ns.resume)  # run_sft, run_dpo (notebook 06), ...
     losses = result.train_losses[1]
     results = {
         "config": cfg.to_dict(),

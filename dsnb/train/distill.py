@@ -2,8 +2,8 @@
 
 ``DistillationTrainer`` is a ``transformers.Trainer`` whose loss is ``dsnb.train.losses.CombinedLoss``
 between the student's logits and a frozen teacher's (teacher in eval mode, under ``torch.no_grad``,
-optionally in bf16); ``run_distillation`` runs it through ``dsnb.train.sft.run_sft`` (same data,
-schedule, checkpoints). ``shrink_model`` makes a smaller DeepSeek student (fewer layers, fewer routed
+optionally in bf16); ``run_distillation`` runs it as ``DistillationStage`` (SFT's data, schedule and
+checkpoints) on the run path every stage shares (``dsnb.train.run.run_stage``, resume included). ``shrink_model`` makes a smaller DeepSeek student (fewer layers, fewer routed
 experts) initialised from the teacher's base wherever shapes allow. ``topk_teacher`` / ``topk_kl``
 keep only the teacher's k largest logits per token, what one stores when teacher logits are
 precomputed for a large corpus. Taught in notebook 04.
@@ -14,15 +14,18 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from dsnb.train.config import ConfigError, FinetuneConfig
 from dsnb.train.losses import CombinedLoss
-from dsnb.train.sft import SFTResult, build_trainer, run_sft
+from dsnb.train.run import run_stage
+from dsnb.train.sft import SFTResult, SFTStage, build_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +147,23 @@ class DistillationTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
+@dataclass
+class DistillationStage(SFTStage):
+    """SFT's data and schedule, trained by ``DistillationTrainer`` (give it ``trainer_kwargs`` with the teacher)."""
+
+    name: str = "distill"
+    trainer_class: type[Trainer] = DistillationTrainer
+
+    def extra_info(self, cfg: FinetuneConfig, trainer: Trainer) -> dict[str, Any]:
+        loss = trainer.loss_fn
+        return {"teacher parameters": trainer.teacher.num_parameters(), "ce_weight": loss.ce_weight,
+                "kl_weight": loss.kl_weight, "temperature": loss.temperature}
+
+    def describe(self, cfg: FinetuneConfig, args: TrainingArguments, info: dict[str, Any]) -> str:
+        return (f"{super().describe(cfg, args, info)}; teacher {info['teacher parameters']:,} parameters; "
+                f"loss {info['ce_weight']:g} CE + {info['kl_weight']:g} KL at T={info['temperature']:g}")
+
+
 def run_distillation(
     cfg: FinetuneConfig,
     student: PreTrainedModel,
@@ -154,12 +174,15 @@ def run_distillation(
     teacher_tokenizer: PreTrainedTokenizerBase | None = None,
     teacher_dtype: torch.dtype | None = None,
     progress: bool = True,
+    resume_from: str | Path | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> SFTResult:
-    """Train ``student`` on ``cfg``'s SFT data with ``loss_fn`` against ``teacher`` (through ``run_sft``).
+    """Train ``student`` on ``cfg``'s SFT data with ``loss_fn`` against ``teacher`` (``DistillationStage``).
 
     ``tokenizer`` is the student's; pass ``teacher_tokenizer`` when the teacher has its own, and it
     is checked to be the same (``check_same_tokenizer``). The models' vocabulary sizes must match.
-    ``result.trainer.teacher_seconds`` is the time spent in teacher forwards.
+    ``result.trainer.teacher_seconds`` is the time spent in teacher forwards. ``resume_from``: a
+    checkpoint of this run or ``"auto"``, as for ``run_sft``.
     """
     if teacher_tokenizer is not None:
         check_same_tokenizer(teacher_tokenizer, tokenizer)
@@ -169,9 +192,8 @@ def run_distillation(
     if cfg.label_smoothing:
         raise ConfigError("label_smoothing is not applied by the distillation loss; set it to 0 (the teacher's "
                           "soft targets already smooth the labels)")
-    return run_sft(cfg, model=student, tokenizer=tokenizer, corpus=corpus, progress=progress,
-                   trainer_class=DistillationTrainer,
-                   trainer_kwargs=dict(teacher=teacher, loss_fn=loss_fn, teacher_dtype=teacher_dtype))
+    stage = DistillationStage(trainer_kwargs=dict(teacher=teacher, loss_fn=loss_fn, teacher_dtype=teacher_dtype))
+    return run_stage(stage, cfg, student, tokenizer, corpus, resume_from, callbacks, progress)
 
 
 def topk_teacher(teacher_logits: torch.Tensor, k: int, value_dtype: torch.dtype = torch.bfloat16

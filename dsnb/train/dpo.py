@@ -1,7 +1,8 @@
 """Preference tuning after SFT: DPO with TRL's ``DPOTrainer``, LoRA by default.
 
 ``sft_model`` is notebook 03's SFT run of the course model (full fine-tuning on the summary and
-next-line tasks), built once and cached. ``sft_samples`` asks a model for its greedy answers so the
+next-line tasks), built once and cached; importing ``dsnb.train`` registers ``sft_model_path`` as the
+builder of ``model: dsnb-tiny-sft`` (``dsnb.model.resolve``), so recipes and ``load_model`` find it. ``sft_samples`` asks a model for its greedy answers so the
 wrong ones can serve as rejected answers (``dsnb.data.preference.build_pairs``). ``build_dpo_trainer``
 sets up ``trl.DPOTrainer`` from a ``FinetuneConfig`` (``stage: dpo``): with ``method: lora`` the
 adapters come from ``dsnb.model.lora.lora_config`` and the reference model is the same network with
@@ -11,7 +12,8 @@ The run prints the same progress lines and writes the same verified checkpoints 
 ``pair_logps`` / ``preference_metrics`` measure held-out reward accuracy and margin with
 ``dsnb.train.losses``; ``completion_kl`` the drift from the reference; ``head_to_head`` compares two
 models' greedy answers under a fixed judge (token-F1 against the reference). ``run_dpo`` does it all
-for ``python -m dsnb.train configs/dpo/*.yaml``. Taught in notebook 06.
+for ``python -m dsnb.train configs/dpo/*.yaml``, through the run path every stage shares
+(``dsnb.train.run.run_stage``; ``DPOStage`` is what DPO brings to it). Taught in notebook 06.
 """
 
 from __future__ import annotations
@@ -19,35 +21,39 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, PrinterCallback, TrainerCallback
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
-from dsnb.cache import atomic_directory, build_lock, cache_dir, follow_umask
+from dsnb.cache import atomic_directory, build_lock, follow_umask
 from dsnb.data.corpus import InstructionPair
 from dsnb.data.preference import KINDS, build_pairs, mix, preference_dataset, token_f1
 from dsnb.model.load import TINY_MODEL_NAME, load_model
 from dsnb.model.lora import lora_config, native_target_names
+from dsnb.model.resolve import TINY_SFT_NAME, course_model_dir
 from dsnb.progress import LineProgress
 from dsnb.train.chat import chat_messages
 from dsnb.train.checkpoint import ManifestCallback
-from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, resolve_precision
+from dsnb.train.config import ConfigError, FinetuneConfig
 from dsnb.train.evaluation import generate_answers
-from dsnb.train.logs import LoggedRun
 from dsnb.train.losses import dpo_loss, sequence_logps
 from dsnb.train.prepare import prepare_model
+from dsnb.train.run import RunResult, Stage, StageData, run_stage
 
 logger = logging.getLogger(__name__)
-
-#: ``model: dsnb-tiny-sft`` in a DPO recipe: notebook 03's SFT model of the course (cached).
-TINY_SFT_NAME = "dsnb-tiny-sft"
 
 #: The SFT run ``sft_model`` reproduces: notebook 03's full fine-tuning defaults.
 SFT_RECIPE = dict(model=TINY_MODEL_NAME, tasks=("summary", "next_line"), max_steps=120, per_device_batch_size=16,
@@ -58,7 +64,7 @@ def sft_model_path(rebuild: bool = False) -> Path:
     """Directory of the course's SFT model (notebook 03's full run), trained on first use (about 30 s)."""
     from dsnb.train.sft import run_sft
 
-    path = cache_dir() / "sft_model"
+    path = course_model_dir(TINY_SFT_NAME)
     want = {"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in SFT_RECIPE.items()}}
     with build_lock(path):
         info = path / "build.json"
@@ -82,11 +88,6 @@ def sft_model(rebuild: bool = False, **load_kwargs: Any) -> tuple[PreTrainedMode
     """The course's SFT model and tokenizer (see ``sft_model_path``)."""
     load_kwargs.setdefault("dtype", torch.float32)
     return load_model(sft_model_path(rebuild), **load_kwargs)
-
-
-def load_policy(name: str, **load_kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """``dsnb-tiny-sft`` (the course's SFT model) or any local directory / hub id of an SFT checkpoint."""
-    return sft_model(**load_kwargs) if name == TINY_SFT_NAME else load_model(name, **load_kwargs)
 
 
 def sft_samples(
@@ -164,13 +165,18 @@ def build_dpo_trainer(
     callbacks: list[TrainerCallback] | None = None,
     progress: bool = True,
     ref_model: PreTrainedModel | None = None,
+    args: TrainingArguments | None = None,
 ):
-    """A ``trl.DPOTrainer`` for ``cfg`` (``stage: dpo``). LoRA: reference = the adapter-disabled model."""
+    """A ``trl.DPOTrainer`` for ``cfg`` (``stage: dpo``). LoRA: reference = the adapter-disabled model.
+
+    Prepares ``model`` first (dropout, frozen layers, ZeRO-3 leaves); TRL adds the LoRA adapters itself.
+    ``args`` defaults to ``dpo_arguments(cfg)``.
+    """
     import datasets
     from trl import DPOTrainer
 
     datasets.disable_progress_bars()  # tokenizing a few hundred pairs: no bars in notebooks and logs
-    args = dpo_arguments(cfg)
+    args = args or dpo_arguments(cfg)
     cbs: list[TrainerCallback] = [ManifestCallback(compress=cfg.compress_checkpoints)]
     if progress and args.process_index == 0:
         cbs.append(LineProgress("dpo", lines=10))
@@ -326,17 +332,67 @@ def head_to_head(first: list[str], second: list[str], references: list[str]) -> 
 
 
 @dataclass
-class DPOResult(LoggedRun):
-    """What ``run_dpo`` returns: the trained (LoRA) model, the pairs and everything measured."""
+class DPOResult(RunResult):
+    """What ``run_dpo`` returns: the trained (LoRA) model, the preference pairs and everything measured."""
 
-    model: nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    trainer: Any
-    train_pairs: list[dict[str, str]]
-    eval_pairs: list[dict[str, str]]
-    info: dict[str, Any]
-    log_history: list[dict[str, Any]]
-    seconds: float
+    train: list[dict[str, str]]
+    eval: list[dict[str, str]]
+
+    @property
+    def train_pairs(self) -> list[dict[str, str]]:
+        """The training pairs (``train``)."""
+        return self.train
+
+    @property
+    def eval_pairs(self) -> list[dict[str, str]]:
+        """The evaluation pairs (``eval``)."""
+        return self.eval
+
+
+@dataclass
+class DPOStage(Stage):
+    """DPO on the corpus's summary pairs with TRL's ``DPOTrainer`` (``build_dpo_trainer``).
+
+    The pairs are made before the model is prepared (``kinds`` with ``sft_sample`` asks the SFT model
+    for its greedy answers); ``build_dpo_trainer`` prepares it and TRL adds the LoRA adapters.
+    """
+
+    name: str = "dpo"
+    kinds: tuple[str, ...] = KINDS
+    result_class: ClassVar[type[RunResult]] = DPOResult
+
+    def arguments(self, cfg: FinetuneConfig) -> TrainingArguments:
+        return dpo_arguments(cfg)
+
+    def prepare(self, model: PreTrainedModel, cfg: FinetuneConfig) -> tuple[nn.Module, dict[str, Any]]:
+        return model, {}  # build_dpo_trainer prepares it
+
+    def data(self, cfg: FinetuneConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase, corpus: Any
+             ) -> StageData:
+        from dsnb.data.corpus import course_corpus
+
+        corpus = corpus or course_corpus()
+        train_fns = sample_functions(corpus.pairs_in("train"), cfg.train_examples, cfg.seed)
+        eval_fns = sample_functions(corpus.pairs_in("validation"), cfg.eval_examples, cfg.seed)
+        train = preference_records(model, tokenizer, train_fns, self.kinds)
+        evald = preference_records(model, tokenizer, eval_fns, self.kinds)
+        info = {"train pairs": len(train), "eval pairs": len(evald), **{f"mix {k}": v for k, v in mix(train).items()}}
+        return StageData(preference_dataset(train), preference_dataset(evald), train, evald, info)
+
+    def trainer(self, cfg: FinetuneConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: StageData,
+                args: TrainingArguments, callbacks: list[TrainerCallback] | None, progress: bool) -> Trainer:
+        return build_dpo_trainer(cfg, model, tokenizer, data.train_dataset, data.eval_dataset, callbacks, progress,
+                                 args=args)
+
+    def extra_info(self, cfg: FinetuneConfig, trainer: Trainer) -> dict[str, Any]:
+        return {"beta": cfg.beta, "loss_type": cfg.dpo_loss_type,
+                "reference": "adapters disabled" if cfg.method == "lora" else "frozen copy"}
+
+    def describe(self, cfg: FinetuneConfig, args: TrainingArguments, info: dict[str, Any]) -> str:
+        kinds = {k.removeprefix("mix "): v for k, v in info.items() if k.startswith("mix ")}
+        return (f"dpo: {info['train pairs']} pairs {kinds}; effective batch {info['effective_batch']}; "
+                f"{info['trainable']:,} of {info['total']:,} parameters trainable ({cfg.method}); "
+                f"beta {cfg.beta}; reference = {info['reference']}")
 
 
 def run_dpo(
@@ -352,54 +408,12 @@ def run_dpo(
     """DPO on the corpus's summary pairs, starting from ``cfg.model`` (an SFT model) or the given one.
 
     Pairs come from the train split (``cfg.train_examples`` functions) and, for evaluation during
-    training, the validation split (``cfg.eval_examples``). ``resume_from``: a checkpoint or ``"auto"``.
+    training, the validation split (``cfg.eval_examples``). ``resume_from``: a checkpoint or ``"auto"``
+    (``dsnb.train.run.run_stage``: verified, full weights included).
     """
-    from dsnb.data.corpus import course_corpus
-    from dsnb.train.checkpoint import find_resumable, prepare_resume
-
     if cfg.stage != "dpo":
         raise ConfigError(f"run_dpo needs a config with stage: dpo (got stage: {cfg.stage!r})")
-    torch.manual_seed(cfg.seed)
-    if model is None:
-        model, loaded_tok = load_policy(cfg.model, dtype=torch.float32)
-        tokenizer = tokenizer or loaded_tok
-    if tokenizer is None:
-        raise ConfigError("pass the tokenizer together with the model")
-    corpus = corpus or course_corpus()
-    train_fns = sample_functions(corpus.pairs_in("train"), cfg.train_examples, cfg.seed)
-    eval_fns = sample_functions(corpus.pairs_in("validation"), cfg.eval_examples, cfg.seed)
-    train_pairs = preference_records(model, tokenizer, train_fns, kinds)
-    eval_pairs = preference_records(model, tokenizer, eval_fns, kinds)
-    trainer = build_dpo_trainer(cfg, model, tokenizer, preference_dataset(train_pairs),
-                                preference_dataset(eval_pairs), callbacks, progress)
-    args = trainer.args
-    counts = {"total": trainer.model.num_parameters(), "trainable": trainer.model.num_parameters(only_trainable=True)}
-    info: dict[str, Any] = {
-        "method": cfg.method, **counts, "trainable share": counts["trainable"] / counts["total"],
-        "train pairs": len(train_pairs), "eval pairs": len(eval_pairs),
-        **{f"mix {k}": v for k, v in mix(train_pairs).items()},
-        "processes": args.world_size, "accumulation": args.gradient_accumulation_steps,
-        "effective_batch": effective_batch(args.per_device_train_batch_size, args.gradient_accumulation_steps,
-                                           args.world_size),
-        "precision": resolve_precision(cfg.precision), "beta": cfg.beta, "loss_type": cfg.dpo_loss_type,
-        "reference": "adapters disabled" if cfg.method == "lora" else "frozen copy"}
-    if args.process_index == 0:
-        print(f"dpo: {len(train_pairs)} pairs {mix(train_pairs)}; effective batch {info['effective_batch']}; "
-              f"{counts['trainable']:,} of {counts['total']:,} parameters trainable ({cfg.method}); "
-              f"beta {cfg.beta}; reference = {info['reference']}", flush=True)
-    checkpoint = None
-    if resume_from is not None:
-        found = find_resumable(cfg.output_dir) if str(resume_from) == "auto" else Path(resume_from)
-        checkpoint = str(prepare_resume(found)) if found is not None else None
-        if checkpoint is None:
-            logger.info("no complete checkpoint in %s; starting from scratch", cfg.output_dir)
-    t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.perf_counter() - t0
-    info.update(train_loss=output.training_loss, steps=trainer.state.global_step, resumed_from=checkpoint)
-    trainer.model.eval()
-    return DPOResult(trainer.model, tokenizer, trainer, train_pairs, eval_pairs, info,
-                     list(trainer.state.log_history), seconds)
+    return run_stage(DPOStage(kinds=kinds), cfg, model, tokenizer, corpus, resume_from, callbacks, progress)
 
 
 def dpo_memory(model: Any, pairs_per_step: int = 1, seq_len: int = 1024, **plan: Any) -> dict[str, float]:

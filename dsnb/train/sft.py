@@ -3,7 +3,8 @@
 ``build_trainer`` / ``run_sft``: a ``transformers.Trainer`` with the warmup-then-floor schedule
 (``dsnb.train.schedules``, claim C10), bf16/fp16 where the hardware has it, gradient checkpointing,
 label smoothing, early stopping, verified checkpoints (``dsnb.train.checkpoint``) and
-``LineProgress``. ``run_sft`` loads the model and data, trains, evaluates and resumes.
+``LineProgress``. ``run_sft`` loads the model and data, trains, evaluates and resumes through the
+run path every stage shares (``dsnb.train.run.run_stage``); ``SFTStage`` is what SFT brings to it.
 
 Why ``transformers.Trainer`` and not TRL's ``SFTTrainer`` / ``SFTConfig`` (TRL is a dependency; the
 DPO and distillation stages use it): ``SFTTrainer`` is a ``Trainer`` subclass, so it would keep the
@@ -23,12 +24,10 @@ Taught in notebook 03.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import torch
 from torch import nn
 from transformers import (
     EarlyStoppingCallback,
@@ -40,16 +39,14 @@ from transformers import (
     TrainingArguments,
 )
 
-from dsnb.model.load import load_model
 from dsnb.model.routing import ExpertBiasBalancer, routers
 from dsnb.progress import LineProgress
 from dsnb.train.adversarial import AdversarialMixin, settings_from_config
 from dsnb.train.chat import SFTData, data_collator, load_sft_data, to_dataset
-from dsnb.train.checkpoint import ManifestCallback, prepare_resume_on_main, remove_restored_on_main
-from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, launch_state, resolve_precision
+from dsnb.train.checkpoint import ManifestCallback
+from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch
 from dsnb.train.curriculum import CurriculumMixin, schedule_from_config
-from dsnb.train.logs import LoggedRun, logged
-from dsnb.train.prepare import prepare_model
+from dsnb.train.run import RunResult, Stage, StageData, run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -106,94 +103,42 @@ def build_trainer(
 
 
 @dataclass
-class SFTResult(LoggedRun):
-    """What ``run_sft`` returns: the trained model and everything measured about the run."""
+class SFTResult(RunResult):
+    """What ``run_sft`` returns: the trained model, the ``SFTData`` it trained and evaluated on, everything measured."""
 
-    model: nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    trainer: Trainer
     train: SFTData
-    eval: SFTData | None
-    info: dict[str, Any]
-    log_history: list[dict[str, Any]]
-    seconds: float
-
-    @property
-    def eval_losses(self) -> tuple[list[int], list[float]]:
-        """(steps, eval loss) as logged."""
-        return logged(self.log_history, "eval_loss")
+    eval: SFTData
 
 
-def restore_full_weights(model: nn.Module, checkpoint: str | Path) -> bool:
-    """Load a checkpoint's weights into ``model`` through ``from_pretrained`` (weight conversions applied).
+@dataclass
+class SFTStage(Stage):
+    """Supervised fine-tuning: the corpus tasks as chat examples, trained by ``build_trainer``'s ``Trainer``.
 
-    Needed for MoE models in transformers 5: a checkpoint stores routed experts per expert
-    (``experts.0.gate_proj.weight`` ...) while the model holds them fused (``experts.gate_up_proj``), and
-    the Trainer's own resume loads the file with ``strict=False``, so the experts would silently keep
-    their pre-resume values. Returns True if weights were loaded (full models; adapters load as usual).
+    ``trainer_class`` / ``trainer_kwargs``: a ``Trainer`` subclass and its extra arguments.
     """
-    from transformers import AutoModelForCausalLM
 
-    checkpoint = Path(checkpoint)
-    if hasattr(model, "peft_config") or not (checkpoint / "config.json").is_file():
-        return False
-    loaded = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"checkpoint {checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")
-    return True
+    name: str = "sft"
+    trainer_class: type[Trainer] = Trainer
+    trainer_kwargs: dict[str, Any] | None = None
+    result_class: ClassVar[type[RunResult]] = SFTResult
 
+    def data(self, cfg: FinetuneConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase, corpus: Any
+             ) -> StageData:
+        train, evald = load_sft_data(cfg, tokenizer, corpus)
+        if not train.examples:
+            raise ConfigError(f"no training examples for tasks {list(cfg.tasks)} (train_examples={cfg.train_examples}); "
+                              "check the data and the tasks")
+        return StageData(to_dataset(train.examples), to_dataset(evald.examples), train, evald,
+                         {"train_examples": len(train)})
 
-def load_best_weights(model: nn.Module, best: str | Path, output_dir: str | Path) -> None:
-    """Reload the best checkpoint into ``model`` through the resume path (verified, decompressed, converted).
+    def trainer(self, cfg: FinetuneConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: StageData,
+                args: TrainingArguments, callbacks: list[TrainerCallback] | None, progress: bool) -> Trainer:
+        return build_trainer(cfg, model, tokenizer, data.train_dataset, data.eval_dataset, callbacks, progress,
+                             args=args, trainer_class=self.trainer_class, trainer_kwargs=self.trainer_kwargs)
 
-    The Trainer's own ``load_best_model_at_end`` loads with ``strict=False`` (a fused-expert model would
-    keep its last-step routed experts) and does not find compressed weights at all; this replaces it.
-    """
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    found = prepare_resume_on_main(best, output_dir)
-    assert found is not None
-    restored = found[1]
-    if not restore_full_weights(model, restored):
-        result = set_peft_model_state_dict(model, load_file(restored / "adapter_model.safetensors"))
-        if result.unexpected_keys:
-            raise RuntimeError(f"best checkpoint {best} does not fit the adapters: {result.unexpected_keys}")
-    logger.info("reloaded the best checkpoint %s", best)
-
-
-def check_before_loading(cfg: FinetuneConfig, model: nn.Module | None = None) -> None:
-    """The config checks that need no model or data, run before ``run_sft`` loads anything.
-
-    Precision against this machine (``fp16`` on a CPU), the batch plan against the process count,
-    dropout, and ``freeze_first_layers`` against the layer count in the model's ``config.json`` (a
-    local directory or the course model; read without loading weights). A mistake here fails in
-    a second instead of after the model and data have loaded.
-    """
-    resolve_precision(cfg.precision)
-    cfg.accumulation_for(launch_state().num_processes)
-    if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
-        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
-    if cfg.freeze_first_layers > 0:
-        layers = _layer_count(cfg.model) if model is None else getattr(model.config, "num_hidden_layers", None)
-        if layers is not None and cfg.freeze_first_layers > layers:
-            raise ConfigError(f"freeze_first_layers={cfg.freeze_first_layers} but {cfg.model} has only {layers} "
-                              "decoder layers; freeze fewer")
-
-
-def _layer_count(name: str) -> int | None:
-    """``num_hidden_layers`` from a local model's config.json (None for hub ids or unreadable configs)."""
-    import json
-
-    from dsnb.model.pretrain import TINY_MODEL_NAME, base_model_path
-
-    path = base_model_path() if name == TINY_MODEL_NAME else Path(name).expanduser()
-    try:
-        layers = json.loads((path / "config.json").read_text()).get("num_hidden_layers")
-    except (OSError, ValueError, AttributeError):
-        return None  # load_model reports what is wrong with it
-    return layers if isinstance(layers, int) else None
+    def describe(self, cfg: FinetuneConfig, args: TrainingArguments, info: dict[str, Any]) -> str:
+        return (f"{self.name}: {describe_batch(args)}; {info['trainable']:,} of {info['total']:,} parameters "
+                f"trainable ({cfg.method}); precision {info['precision']}")
 
 
 def run_sft(
@@ -209,54 +154,9 @@ def run_sft(
 ) -> SFTResult:
     """Fine-tune ``cfg.model`` (or the given model) on the corpus tasks; return model, logs and timings.
 
-    ``resume_from`` is a checkpoint directory (verified first, see ``dsnb.train.checkpoint.prepare_resume``)
-    or ``"auto"`` for the newest complete checkpoint in ``cfg.output_dir``. ``trainer_class`` /
+    The run path is ``dsnb.train.run.run_stage``: ``resume_from`` is a checkpoint directory (verified
+    first) or ``"auto"`` for the newest complete checkpoint in ``cfg.output_dir``. ``trainer_class`` /
     ``trainer_kwargs`` go to ``build_trainer``.
     """
-    check_before_loading(cfg, model)
-    torch.manual_seed(cfg.seed)
-    # Built first: under DeepSpeed ZeRO-3 these arguments switch on transformers' ZeRO-3 hooks
-    # (is_deepspeed_zero3_enabled) that loading and prepare_model rely on.
-    args = cfg.training_arguments()
-    if model is None:
-        model, loaded_tok = load_model(cfg.model, dtype=torch.float32)
-        tokenizer = tokenizer or loaded_tok
-    if tokenizer is None:
-        raise ConfigError("pass the tokenizer together with the model")
-    model, info = prepare_model(model, cfg)
-    train, evald = load_sft_data(cfg, tokenizer, corpus)
-    if not train.examples:
-        raise ConfigError(f"no training examples for tasks {list(cfg.tasks)} (train_examples={cfg.train_examples}); "
-                          "check the data and the tasks")
-    info.update(train_examples=len(train))
-    trainer = build_trainer(cfg, model, tokenizer, to_dataset(train.examples), to_dataset(evald.examples),
-                            callbacks, progress, args=args, trainer_class=trainer_class,
-                            trainer_kwargs=trainer_kwargs)
-    info.update(processes=args.world_size, accumulation=args.gradient_accumulation_steps,
-                effective_batch=effective_batch(args.per_device_train_batch_size, args.gradient_accumulation_steps,
-                                                args.world_size),
-                precision=resolve_precision(cfg.precision))
-    if args.process_index == 0:
-        print(f"sft: {describe_batch(args)}; {info['trainable']:,} of {info['total']:,} parameters trainable "
-              f"({cfg.method}); precision {info['precision']}", flush=True)
-    checkpoint = resumed = None
-    if resume_from is not None:  # rank 0 verifies and restores, the other ranks wait for its answer
-        found = prepare_resume_on_main(resume_from, cfg.output_dir)
-        if found is None:
-            logger.warning("resume was asked for, but %s holds no complete checkpoint; starting from scratch",
-                           cfg.output_dir)
-        else:
-            resumed, checkpoint = str(found[0]), str(found[1])
-    if checkpoint is not None:
-        restore_full_weights(model, checkpoint)
-    t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.perf_counter() - t0
-    best = trainer.state.best_model_checkpoint
-    if trainer.args.load_best_model_at_end and best is not None:
-        load_best_weights(model, best, cfg.output_dir)
-    remove_restored_on_main(cfg.output_dir)
-    info.update(train_loss=output.training_loss, steps=trainer.state.global_step, resumed_from=resumed,
-                best_checkpoint=best)
-    model.eval()
-    return SFTResult(model, tokenizer, trainer, train, evald, info, list(trainer.state.log_history), seconds)
+    stage = SFTStage(trainer_class=trainer_class, trainer_kwargs=trainer_kwargs)
+    return run_stage(stage, cfg, model, tokenizer, corpus, resume_from, callbacks, progress)
