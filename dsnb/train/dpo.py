@@ -424,13 +424,14 @@ def dpo_memory(model: Any, pairs_per_step: int = 1, seq_len: int = 1024, **plan:
     second copy) and nothing for LoRA (the same weights with the adapters off). The reference's own
     forward is under ``no_grad``, so it keeps no activations.
     """
-    from dsnb.plan.estimate import GiB, _as_shape, estimate_training_memory
+    from dsnb.plan.memory import GiB, estimate_training_memory
+    from dsnb.plan.shape import as_shape
 
     training = estimate_training_memory(model, micro_batch_size=2 * pairs_per_step, seq_len=seq_len, **plan)
     method, precision = plan.get("method", "full"), plan.get("precision", "bf16-mixed")
     ref = 0.0
     if method == "full":
-        ref = _as_shape(model).parameter_count() * (4 if precision == "fp32" else 2) / max(
+        ref = as_shape(model).parameter_count() * (4 if precision == "fp32" else 2) / max(
             1, plan.get("num_gpus", 1) if plan.get("zero_stage", 0) == 3 else 1)
     return {"policy training": training.total / GiB, "reference weights": ref / GiB,
             "total": (training.total + ref) / GiB}
