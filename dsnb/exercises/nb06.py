@@ -1,6 +1,6 @@
 """Exercise checks for notebook 06 (preference tuning: DPO after SFT).
 
-Expected values are computed by dsnb (``dsnb.train.losses``, ``dsnb.train.dpo``, ``dsnb.plan.estimate``).
+Expected values are computed by dsnb (``dsnb.train.losses``, ``dsnb.train.dpo``, ``dsnb.plan.memory``, ``dsnb.plan.shape``).
 The questions move the notebook's settings elsewhere (another β and pair, the IPO loss, a 6.7B model
 with full DPO), so the page does not print their answers.
 """
@@ -51,7 +51,7 @@ def check_ipo_target(answer: float | None) -> bool:
 
 
 def expected_reference_gib(model: str = EX3_MODEL) -> float:
-    """GiB of bf16 weights the frozen reference model adds to full DPO of ``model`` (dsnb.plan.estimate)."""
+    """GiB of bf16 weights the frozen reference model adds to full DPO of ``model`` (dsnb.plan.shape)."""
     return dpo_memory(model, method="full")["reference weights"]
 
 
@@ -60,4 +60,4 @@ def check_reference_memory(answer: float | None) -> bool:
     return check_number("3 (reference copy, GiB)", answer, expected_reference_gib(), rel_tol=0.05,
                         hint="the reference is frozen: weights only, no gradients or optimizer states; bf16 is "
                              "2 bytes per parameter; count the parameters from configs/models "
-                             "(dsnb.plan.estimate.ModelShape.parameter_count).")
+                             "(dsnb.plan.shape.ModelShape.parameter_count).")

@@ -146,12 +146,12 @@ def load_model(
     except Exception as exc:  # noqa: BLE001 - every failure becomes one error that says what to do
         if not is_local and not isinstance(exc, OSError | ValueError):
             raise ModelLoadError(f"Could not load {name!r} ({type(exc).__name__}: {exc}); check that this "
-                                 "transformers version supports it (python -m dsnb.plan.doctor)") from exc
+                                 "transformers version supports it (python -m dsnb.doctor)") from exc
         if is_local:
             raise ModelLoadError(
                 f"Could not load the model saved in {name} ({type(exc).__name__}: {exc}). Check that the "
                 "weights and tokenizer files were copied completely (compare sizes with the source), and "
-                "that this transformers version supports its model_type (python -m dsnb.plan.doctor); a model "
+                "that this transformers version supports its model_type (python -m dsnb.doctor); a model "
                 "with custom code also needs trust_remote_code=True."
             ) from exc
         raise ModelLoadError(

@@ -120,9 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     api_key = os.environ.get(API_KEY_ENV) or None
     store = None
     if args.command == "model":
+        from dsnb.model.resolve import TINY_SFT_NAME
         from dsnb.serve.engine import ModelEngine
         from dsnb.serve.server import create_app
 
+        if args.model == TINY_SFT_NAME:  # its builder is training code: a fresh machine trains it once (about 30 s)
+            import dsnb.train  # noqa: F401  (registers the builder with dsnb.model.resolve)
         engine = ModelEngine.load(args.model, args.version, args.adapter, args.name,
                                   max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
         app = create_app(engine, api_key=api_key)

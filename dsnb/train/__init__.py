@@ -1,4 +1,5 @@
-"""Training: recipe, chat data, model preparation, SFT on the Trainer, schedules, checkpoints, evaluation (03, 08).
+"""Training: recipes, one run path for every stage (SFT, distillation, DPO), losses, schedules, checkpoints,
+evaluation, monitoring (notebooks 03-08).
 
 Importing it registers the builder of the course's SFT model (``dsnb-tiny-sft``, trained here) with
 ``dsnb.model.resolve``, so ``load_model("dsnb-tiny-sft")`` builds it on first use in any process that trains.

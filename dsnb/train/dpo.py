@@ -417,7 +417,7 @@ def run_dpo(
 
 
 def dpo_memory(model: Any, pairs_per_step: int = 1, seq_len: int = 1024, **plan: Any) -> dict[str, float]:
-    """GiB per GPU for DPO of ``model`` (a ``configs/models`` name or config), from ``dsnb.plan.estimate``.
+    """GiB per GPU for DPO of ``model`` (a ``configs/models`` name or config), from ``dsnb.plan.memory``.
 
     DPO runs each pair as two sequences (chosen and rejected) in one batch, so the policy is trained at
     micro-batch ``2 × pairs_per_step``; the reference adds its frozen weights for full fine-tuning (a
