@@ -72,7 +72,7 @@ def quantize() -> None:
     from llmcompressor.modifiers.quantization import GPTQModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dsnb.compress.evaluate import calibration_blocks, heldout_blocks, perplexity
+    from dsnb.compress.measures import calibration_blocks, heldout_blocks, perplexity
     from dsnb.model.build import STAMP_KEY, build_stamp
     from dsnb.model.pretrain import base_model_path
 

@@ -26,8 +26,8 @@ from dsnb.model.load import base_model
 from dsnb.train.chat import load_sft_data, pack_examples, to_dataset
 from dsnb.train.config import FinetuneConfig
 from dsnb.train.evaluation import completion_loss
-from dsnb.train.prepare import prepare_model
 from dsnb.train.sft import build_trainer
+from dsnb.train.trainable import prepare_model
 
 
 class _CountTokens:

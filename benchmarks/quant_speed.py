@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from dsnb.compress.evaluate import heldout_blocks
 from dsnb.compress.gptq import rtn_quantize_weight
+from dsnb.compress.measures import heldout_blocks
 from dsnb.compress.qlinear import QuantLinear, pack_model
 from dsnb.compress.quantize import quantize_model
 from dsnb.model.load import base_model

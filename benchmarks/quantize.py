@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from dsnb.compress.evaluate import calibration_blocks, heldout_blocks, perplexity
 from dsnb.compress.gptq import gptq_quantize_weight, rtn_quantize_weight
+from dsnb.compress.measures import calibration_blocks, heldout_blocks, perplexity
 from dsnb.compress.quantize import quantize_model
 from dsnb.model.load import base_model
 

@@ -108,7 +108,7 @@ def test_training_with_accumulation_leaves_frozen_embeddings_bit_identical(model
     them, so any change would come from the perturbation; the trained layers do move."""
     cfg = dict(adversarial="fgsm", freeze_first_layers=1, gradient_accumulation_steps=2, per_device_batch_size=2)
     c = FinetuneConfig(max_steps=2, eval_steps=None, output_dir=str(tmp_path), logging_steps=1, **cfg)
-    from dsnb.train.prepare import prepare_model
+    from dsnb.train.trainable import prepare_model
 
     model, _ = prepare_model(model, c)
     emb = input_embeddings(model).weight.detach().clone()

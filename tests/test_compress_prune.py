@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from dsnb.compress import prune as P
-from dsnb.compress.evaluate import heldout_blocks, perplexity
+from dsnb.compress.measures import heldout_blocks, perplexity
 
 
 @pytest.fixture(scope="module")

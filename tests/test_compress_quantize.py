@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dsnb.compress.evaluate import calibration_blocks, heldout_blocks, perplexity
+from dsnb.compress.measures import calibration_blocks, heldout_blocks, perplexity
 from dsnb.compress.qlinear import QuantExperts, QuantLinear, load_quantized, pack_model, save_quantized
 from dsnb.compress.quantize import quantize_model
 

@@ -73,7 +73,7 @@ from transformers import DeepseekV3ForCausalLM
 from transformers.integrations import is_deepspeed_zero3_enabled
 from dsnb.model.pretrain import tiny_deepseek_config
 from dsnb.train.config import FinetuneConfig
-from dsnb.train.prepare import prepare_model
+from dsnb.train.trainable import prepare_model
 
 fsdp_yaml, ds_yaml, tiny, out = sys.argv[1:5]
 base = FinetuneConfig.from_yaml(tiny).replace(output_dir=out, precision="fp32")

@@ -17,15 +17,15 @@ from dsnb.train.config import (
     plan_batch,
     resolve_precision,
 )
-from dsnb.train.prepare import (
+from dsnb.train.schedules import warmup_linear_floor_lr
+from dsnb.train.sft import build_trainer
+from dsnb.train.speed import training_state_bytes
+from dsnb.train.trainable import (
     freeze_first_layers,
     moe_block_classes,
     prepare_model,
     set_dropout,
 )
-from dsnb.train.schedules import warmup_linear_floor_lr
-from dsnb.train.sft import build_trainer
-from dsnb.train.speed import training_state_bytes
 
 
 @pytest.fixture(scope="module")

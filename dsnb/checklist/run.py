@@ -29,7 +29,7 @@ from dsnb.checklist.shift import data_shift
 from dsnb.checklist.trials import checkpoint_round_trip, short_run, time_threads
 from dsnb.train.chat import to_dataset
 from dsnb.train.config import ConfigError, FinetuneConfig, launch_state, resolve_precision
-from dsnb.train.prepare import prepare_model
+from dsnb.train.trainable import prepare_model
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import tempfile
 import torch
 from transformers import PreTrainedModel, PrinterCallback
 
-from dsnb.model.arguments import course_training_arguments
 from dsnb.model.pretrain import BlockDataset
+from dsnb.model.trainer_defaults import course_training_arguments
 from dsnb.train.distill import DistillationTrainer, shrink_model
 from dsnb.train.losses import CombinedLoss
 

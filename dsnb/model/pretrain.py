@@ -41,10 +41,10 @@ from transformers import (
 from dsnb.cache import atomic_directory, build_lock, cache_dir, follow_umask, write_json_atomic
 from dsnb.data.corpus import Corpus, course_corpus, unigram_entropy
 from dsnb.model.architecture import expert_load
-from dsnb.model.arguments import course_training_arguments
 from dsnb.model.routing import ExpertBiasBalancer, load_imbalance
 from dsnb.model.scoring import greedy_generate, token_stats
 from dsnb.model.tokenizer import save_tokenizer, train_tokenizer
+from dsnb.model.trainer_defaults import course_training_arguments
 from dsnb.progress import LineProgress
 
 logger = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from dsnb.model.arguments import course_training_arguments
+from dsnb.model.trainer_defaults import course_training_arguments
 from dsnb.train.schedules import scaled_warmup_steps, schedule_arguments
 from dsnb.values import parse_value
 

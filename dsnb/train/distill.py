@@ -258,7 +258,7 @@ def distil_students(
     """
     from dsnb.train.chat import load_split, to_dataset
     from dsnb.train.evaluation import completion_loss
-    from dsnb.train.prepare import prepare_model
+    from dsnb.train.trainable import prepare_model
 
     if teacher.config.vocab_size != base.config.vocab_size:
         raise ValueError("teacher and student vocabularies differ: distillation needs one tokenizer")

@@ -50,8 +50,8 @@ from dsnb.train.checkpoint import ManifestCallback
 from dsnb.train.config import ConfigError, FinetuneConfig
 from dsnb.train.evaluation import generate_answers
 from dsnb.train.losses import dpo_loss, sequence_logps
-from dsnb.train.prepare import prepare_model
 from dsnb.train.run import RunResult, Stage, StageData, run_stage
+from dsnb.train.trainable import prepare_model
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from dsnb.train.checkpoint import (
 )
 from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, launch_state, resolve_precision
 from dsnb.train.logs import LoggedRun, logged
-from dsnb.train.prepare import prepare_model
+from dsnb.train.trainable import prepare_model
 
 logger = logging.getLogger(__name__)
 
