@@ -25,3 +25,13 @@ def corpus():
     from dsnb.data.corpus import course_corpus
 
     return course_corpus()
+
+
+@pytest.fixture(scope="module")
+def base(base_dir):
+    """(model, tokenizer) of the base model in float32, loaded once per test module (tests may train it)."""
+    import torch
+
+    from dsnb.model.load import load_model
+
+    return load_model(base_dir, dtype=torch.float32)

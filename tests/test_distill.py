@@ -25,13 +25,6 @@ from dsnb.train.sft import build_trainer
 
 
 @pytest.fixture(scope="module")
-def base(base_dir):
-    from dsnb.model.load import load_model
-
-    return load_model(base_dir, dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
 def small_data(corpus, tokenizer):
     return build_sft_data(corpus.pairs_in("train"), tokenizer, limit=32, max_seq_len=96)
 
