@@ -50,6 +50,7 @@ def test_a_round_trains_a_copy_and_the_gate_decides(base_dir, corpus, tolerance,
     candidate, rnd = update_from_feedback(model, tok, pairs, [SUMMARY_PROMPT + p.signature for p in held],
                                           [p.summary for p in held], min_pairs=8, max_steps=1, tolerance=tolerance)
     assert rnd.trained and rnd.accepted is accepted and rnd.pairs == 8
+    assert len(rnd.served_scores) == len(rnd.candidate_scores) == len(held)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the served model is untouched
     if accepted:
         after = candidate.state_dict()

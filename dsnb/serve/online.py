@@ -209,6 +209,8 @@ class OnlineRound:
     served_score: float | None = None
     candidate_score: float | None = None
     comparison: Comparison | None = None  # the gate's paired comparison over the held-out prompts
+    served_scores: list[float] = field(default_factory=list)  # per held-out prompt, for ``false_accept_rate``
+    candidate_scores: list[float] = field(default_factory=list)
     train_loss: float | None = None
     seconds: float = 0.0
     dropped: dict[str, int] = field(default_factory=dict)  # pairs left out, by reason (``usable_pairs``)
@@ -253,5 +255,5 @@ def update_from_feedback(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
               f"{comparison.describe()}: " + (f"{need}, swap it in" if accepted else f"not {need}, keep the served "
                                                "model") + left_out)
     return (candidate if accepted else None), OnlineRound(len(pairs), True, accepted, reason, sum(served) / len(served),
-                                                          sum(new) / len(new), comparison, loss,
+                                                          sum(new) / len(new), comparison, served, new, loss,
                                                           time.perf_counter() - t0, dropped)
