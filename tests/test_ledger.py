@@ -48,8 +48,8 @@ def test_every_claim_appears_exactly_once():
     rows = L.course_rows(ROOT / "notebooks")
     claims = [cells[0] for cells in L.table_rows(rows)]  # raises on a claim with two full rows
     assert claims == [c for c in L.CLAIMS if c not in L.ABSENT], f"missing: {sorted(set(L.CLAIMS) - set(claims))}"
-    in_readme = [line.split("|")[1].strip() for line in README.read_text(encoding="utf-8").splitlines()
-                 if line.startswith("| C")]
+    section = README.read_text(encoding="utf-8").split(L.START)[1].split(L.END)[0]
+    in_readme = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| C")]
     assert sorted(in_readme) == sorted(set(in_readme)) == list(L.CLAIMS), "README lists a claim twice or misses one"
 
 
