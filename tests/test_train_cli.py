@@ -56,7 +56,7 @@ def test_two_processes_match_single_process_effective_batch(tmp_path):
                    capture_output=True, timeout=300)
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     two = tmp_path / "two"
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "dsnb.train", str(TINY),
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dsnb.train", str(TINY),
                            *_sets(two)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = json.loads((one / "results.json").read_text())
@@ -73,7 +73,7 @@ def test_global_batch_not_divisible_by_processes_is_rejected(tmp_path):
     script = tmp_path / "check.py"
     script.write_text("from dsnb.train.config import FinetuneConfig\nFinetuneConfig(global_batch_size=7).training_arguments()\n")
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29534", str(script)],
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script)],
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0 and "not a multiple of the 2 processes" in proc.stderr
@@ -127,7 +127,7 @@ def test_two_processes_compressed_checkpoints_resume(tmp_path):
     sets = _sets(out, max_steps=4, save_steps=2, save_total_limit="null", compress_checkpoints="true")
 
     def launch(*extra: str) -> dict:
-        proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29535", "-m", "dsnb.train",
+        proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dsnb.train",
                                str(TINY), *sets, *extra], env=env, cwd=ROOT, capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
