@@ -44,7 +44,7 @@ def _one_user(client: httpx.Client, user: str, asks: list[Question], rng: np.ran
                                                       "temperature": 0,
                                                       "messages": [{"role": "user", "content": q.prompt}]})
         seconds = time.perf_counter() - t0
-        row = {"user": user, "status": r.status_code, "variant": r.headers.get("x-variant"),
+        row = {"user": user, "question": q.prompt, "status": r.status_code, "variant": r.headers.get("x-variant"),
                "cache": r.headers.get("x-cache"), "seconds": seconds}
         if r.status_code == 200:
             answer = r.json()["choices"][0]["message"]["content"]
