@@ -2,7 +2,8 @@
 
 Two model servers (the course's SFT model, one per variant, each its own process serving
 ``create_app(ModelEngine(...))`` with an API key, as ``python -m dsnb.serve model`` does) and the gateway
-(in this process, with a client key) run on free loopback ports; ``--clients`` concurrent clients send
+(in this process, with a client key) run on free loopback ports; ``--clients`` concurrent clients, in a process
+of their own (sharing an interpreter lock with the gateway made each slow the other), send
 ``--requests`` requests in total. The whole run is done twice, with the same plan: model servers that
 answer one request at a time (``max_batch=1``, without merging identical requests in flight: the engine
 before batching) and model servers that batch (``--max-batch``, the
@@ -10,6 +11,9 @@ engine's dynamic batching); the end compares the two (throughput ratio, cache-mi
 memory). Each run ends with a misses-only phase (``--saturate`` requests, every one new to the cache): the
 model servers' throughput, which is what batching changes. The mixed run's own throughput is bound by the
 gateway and the clients (one Python process here), since four in five of its requests never reach a model.
+Before both runs, the engine alone (``engine_alone``: no HTTP, in this process) is timed the same two ways,
+which shows how much of batching's gain the HTTP path keeps on a machine whose cores the servers, the
+gateway and the clients share.
 Targets for batching: >= 3x the model throughput and a miss p50 at most a third of one-at-a-time.
 Valid requests repeat one of 40 questions at temperature 0 (cache hits after the first time);
 ``--miss-share`` of them carry a unique seed, which makes them cacheable but never seen before (cache
@@ -35,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -175,6 +181,13 @@ async def _drive(url: str, prompts: list[str], n: int, clients: int, miss_share:
         return out, time.perf_counter() - t0
 
 
+def _drive_apart(*args: object, **kwargs: object) -> tuple[list[tuple], float, float]:
+    """``_drive`` run in a process of its own (the clients' process); also the CPU seconds it used."""
+    cpu = time.process_time()
+    results, wall = asyncio.run(_drive(*args, **kwargs))
+    return results, wall, time.process_time() - cpu
+
+
 async def _direct_oversized(url: str, n: int) -> list[int]:
     """``n`` 10 MB prompts at once, straight to a model server (with its API key)."""
     body = b'{"model": "course-model", "prompt": "' + b"x" * 10_000_000 + b'"}'
@@ -194,7 +207,7 @@ def _server_metrics(url: str) -> dict[str, float]:
             "coalesced": samples.get(("dsnb_model_coalesced_requests_total", None), 0.0)}
 
 
-def run(args: argparse.Namespace, prompts: list[str], max_batch: int) -> dict:
+def run(args: argparse.Namespace, prompts: list[str], max_batch: int, clients: concurrent.futures.Executor) -> dict:
     """One load run against two model servers batching up to ``max_batch`` requests; prints it, returns its figures."""
     print(f"\n=== model servers with max_batch={max_batch} ({'one request at a time' if max_batch == 1 else 'batched'})")
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,11 +225,13 @@ def run(args: argparse.Namespace, prompts: list[str], max_batch: int) -> dict:
                                         "messages": [{"role": "user", "content": prompts[0]}]})
                 assert warm.status_code == 200, warm.text
                 cpu0 = _cpu_seconds(sa.pid, sb.pid, os.getpid())
-                results, wall = asyncio.run(_drive(g.url, prompts, args.requests, args.clients, args.miss_share,
-                                                   args.hostile_share, args.seed, warm.headers["x-request-id"]))
+                results, wall, client_cpu = clients.submit(
+                    _drive_apart, g.url, prompts, args.requests, args.clients, args.miss_share, args.hostile_share,
+                    args.seed, warm.headers["x-request-id"]).result()
                 cpu = [b - a for a, b in zip(cpu0, _cpu_seconds(sa.pid, sb.pid, os.getpid()), strict=True)]
-                saturated, saturated_wall = asyncio.run(_drive(  # misses only: what the model servers can generate
-                    g.url, prompts, args.saturate, args.clients, 1.0, 0.0, args.seed + 1, "", first_id=args.requests))
+                saturated, saturated_wall, _ = clients.submit(  # misses only: what the model servers can generate
+                    _drive_apart, g.url, prompts, args.saturate, args.clients, 1.0, 0.0, args.seed + 1, "",
+                    first_id=args.requests).result()
             store.flush()
             time.sleep(2.0)  # let the servers settle before reading their memory
             after = {v: _memory(p.pid) for v, p in (("A", sa), ("B", sb))}
@@ -250,8 +265,8 @@ def run(args: argparse.Namespace, prompts: list[str], max_batch: int) -> dict:
         wrong += [kind] if set(got) - {expected} else []
         print(f"hostile {kind:<19} n={sum(got.values()):4d}  statuses {dict(sorted(got.items()))}  (expected {expected})")
     print(f"hostile 5xx: {hostile_5xx}")
-    print(f"CPU seconds during the mixed run: model server A {cpu[0]:.1f}, B {cpu[1]:.1f}, gateway and clients "
-          f"{cpu[2]:.1f} (wall {wall:.1f} s, 2 cores = {2 * wall:.1f} CPU-s)")
+    print(f"CPU seconds during the mixed run: model server A {cpu[0]:.1f}, B {cpu[1]:.1f}, gateway {cpu[2]:.1f}, "
+          f"clients {client_cpu:.1f} (wall {wall:.1f} s, {os.cpu_count()} cores = {os.cpu_count() * wall:.1f} CPU-s)")
     dropped = Counter(r[0] for r in results if r[1] == 0)
     if dropped:
         print(f"connections dropped before an answer (status 0), by kind: {dict(dropped)}")
@@ -295,6 +310,31 @@ def run(args: argparse.Namespace, prompts: list[str], max_batch: int) -> dict:
     return figures
 
 
+def engine_alone(prompts: list[str], max_batch: int, requests: int = 256, threads: int = 32) -> dict[str, float]:
+    """Answers/s of the engine alone (no HTTP, no gateway), one at a time against ``max_batch``, in this process.
+
+    ``requests`` sampled cache misses (temperature 0.7, each its own seed) from ``threads`` threads, 16
+    tokens each, as the load test's misses ask: how much of batching's gain the HTTP path keeps.
+    """
+    import concurrent.futures
+
+    import torch
+
+    from dsnb.serve.engine import ModelEngine
+
+    torch.set_num_threads(1)  # as the model servers run (OMP_NUM_THREADS=1)
+    one = ModelEngine.load("dsnb-tiny-sft", "sft-v2", name="course-model", max_batch=1, coalesce=False)
+    batched = ModelEngine(one.model, one.tokenizer, "course-model", max_batch=max_batch)
+    ids = [one.chat_ids([{"role": "user", "content": prompts[i % len(prompts)]}]) for i in range(requests)]
+    out = {}
+    for label, engine in (("one at a time", one), (f"max_batch={max_batch}", batched)):
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda i, e=engine: e.generate(ids[i], 16, 0.7, 1.0, i), range(requests)))
+        out[label] = requests / (time.perf_counter() - t0)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
@@ -310,7 +350,13 @@ def main() -> None:
     disable_progress_bar()
     sft_model_path()  # the servers serve it but cannot build it (they import no training code)
     prompts = [q.prompt for q in summary_questions(course_corpus().pairs_in("test")[:40])]
-    one, batched = run(args, prompts, 1), run(args, prompts, args.max_batch)
+    alone = engine_alone(prompts, args.max_batch)
+    (a1, r1), (ab, rb) = alone.items()
+    print(f"engine alone (no HTTP, one process, one thread): {rb:.1f} answers/s with {ab} against {r1:.1f} {a1}: "
+          f"{rb / r1:.1f}x")
+    spawn = multiprocessing.get_context("spawn")  # the clients get a process (and an interpreter lock) of their own
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as clients:
+        one, batched = run(args, prompts, 1, clients), run(args, prompts, args.max_batch, clients)
     print("\n=== batched against one at a time (same plan)")
     ratio = batched["model_req_s"] / one["model_req_s"]
     print(f"model throughput (misses only): {batched['model_req_s']:.1f} against {one['model_req_s']:.1f} answers/s: "
