@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from dsnb.model.device import model_device
 from dsnb.train.checkpoint import prepare_resume, verify_checkpoint, write_manifest
 from dsnb.train.logs import logged
 
@@ -168,7 +169,7 @@ def time_threads(model: torch.nn.Module, batch: dict[str, torch.Tensor], threads
     the machine's load affects both alike.
     """
     default = torch.get_num_threads()
-    device = next(model.parameters()).device
+    device = model_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
     was_training = model.training
     model.train()

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from dsnb.compress.gptq import QuantizedWeight, gptq_quantize_weight, rtn_quantize_weight
+from dsnb.model.device import model_device
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _layer_inputs(model: nn.Module, layers: nn.ModuleList, blocks: torch.Tensor,
     try:
         for i in range(0, blocks.shape[0], batch_size):
             try:
-                model(input_ids=blocks[i:i + batch_size].to(next(model.parameters()).device), use_cache=False)
+                model(input_ids=blocks[i:i + batch_size].to(model_device(model)), use_cache=False)
             except _Stop:
                 pass
     finally:

@@ -41,6 +41,7 @@ from transformers import (
 from dsnb.cache import atomic_directory, build_lock, cache_dir, follow_umask, write_json_atomic
 from dsnb.data.corpus import Corpus, course_corpus, unigram_entropy
 from dsnb.model.architecture import expert_load
+from dsnb.model.device import model_device
 from dsnb.model.routing import ExpertBiasBalancer, load_imbalance
 from dsnb.model.scoring import greedy_generate, token_stats
 from dsnb.model.tokenizer import save_tokenizer, train_tokenizer
@@ -196,7 +197,7 @@ def heldout_loss(model: PreTrainedModel, blocks: torch.Tensor, batch_size: int =
     """Mean next-token cross-entropy (nats) of ``model`` over ``blocks`` (``dsnb.model.scoring.token_stats``)."""
     model.eval()
     total, count = 0.0, 0
-    device = next(model.parameters()).device
+    device = model_device(model)
     for i in range(0, blocks.shape[0], batch_size):
         x = blocks[i : i + batch_size].to(device)
         stats = token_stats(model, x, x)

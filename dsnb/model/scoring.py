@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from dsnb.model.device import model_device
+
 
 @torch.no_grad()
 def token_stats(
@@ -41,7 +43,7 @@ def greedy_generate(
     tokenizer's end-of-sequence token (the ids after it are padding).
     """
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     pad = tokenizer.pad_token_id
     out: list[list[int]] = []
     for i in range(0, len(prompts), batch_size):

@@ -42,6 +42,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from dsnb.model.device import model_device
 from dsnb.model.load import load_model
 
 
@@ -171,7 +172,7 @@ def generate_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     per prompt. Taught in notebook 10.
     """
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    device = next(model.parameters()).device
+    device = model_device(model)
     width = max(map(len, prompts))
     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from dsnb.model.device import model_device
 from dsnb.serve.engine import Generation, ModelEngine
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def smoke_test(candidate: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, c
     ids = list(tokenizer(canary)["input_ids"])
     try:
         candidate.eval()
-        device = next(candidate.parameters()).device
+        device = model_device(candidate)
         input_ids = torch.tensor([ids], device=device)
         mask = torch.ones_like(input_ids)
         with torch.no_grad():

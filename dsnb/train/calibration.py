@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from dsnb.model.device import model_device
 from dsnb.train.chat import data_collator
 
 
@@ -54,7 +55,7 @@ def answer_token_predictions(model: nn.Module, tokenizer: PreTrainedTokenizerBas
     """Confidence, correctness and plain NLL of every answer token (label != -100) of ``examples``."""
     model.eval()
     collate = data_collator(tokenizer)
-    device = next(model.parameters()).device
+    device = model_device(model)
     conf, correct, nll = [], [], []
     for i in range(0, len(examples), batch_size):
         batch = collate([dict(e) for e in examples[i:i + batch_size]])

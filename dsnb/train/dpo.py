@@ -41,6 +41,7 @@ from transformers import (
 from dsnb.cache import atomic_directory, build_lock, follow_umask
 from dsnb.data.corpus import InstructionPair
 from dsnb.data.preference import KINDS, build_pairs, mix, preference_dataset, token_f1
+from dsnb.model.device import model_device
 from dsnb.model.load import TINY_MODEL_NAME, load_model
 from dsnb.model.lora import lora_config, native_target_names
 from dsnb.model.resolve import TINY_SFT_NAME, course_model_dir
@@ -229,7 +230,7 @@ def pair_logps(
     ``policy_and_reference=False`` and score the reference model separately.
     """
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     out: dict[str, list[torch.Tensor]] = {"chosen": [], "rejected": [], "ref_chosen": [], "ref_rejected": []}
     for batch in batch_iter:
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -268,7 +269,7 @@ def completion_kl(model: nn.Module, batch_iter: Iterator[dict[str, torch.Tensor]
     ``model`` is a LoRA model; the reference is the same model with adapters off.
     """
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     total, count = 0.0, 0
     for batch in batch_iter:
         batch = {k: v.to(device) for k, v in batch.items()}

@@ -25,12 +25,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from dsnb.model.device import model_device
 from dsnb.model.scoring import greedy_generate, token_stats
 from dsnb.train.chat import SFTData, data_collator, prompt_ids
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -40,7 +37,7 @@ def answer_token_stats(
     """Per example: summed answer-token cross-entropy, correct argmax predictions and answer tokens."""
     model.eval()
     collate = data_collator(tokenizer)
-    device = _device(model)
+    device = model_device(model)
     out: list[dict[str, float]] = []
     for i in range(0, len(data.examples), batch_size):
         batch = collate([dict(e) for e in data.examples[i:i + batch_size]])
