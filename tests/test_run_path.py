@@ -5,10 +5,10 @@ a checkpoint and resumed ends with exactly the uninterrupted run's weights, rout
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import TrainerCallback
 
@@ -29,6 +29,16 @@ class StopAfter(TrainerCallback):
         return control
 
 
+class SlowSave(TrainerCallback):
+    """Adds ``SAVE_PAUSE`` seconds to every checkpoint save: time the step timer must leave out."""
+
+    def on_save(self, args, state, control, **kwargs):
+        time.sleep(SAVE_PAUSE)
+
+
+SAVE_PAUSE = 0.5
+
+
 def _cfg(out: Path, base_dir: Path, **changes) -> FinetuneConfig:
     values = dict(model=str(base_dir), method="full", max_steps=STEPS, save_steps=STOP_AT,
                   save_total_limit=None, eval_steps=None, logging_steps=1, per_device_batch_size=4,
@@ -39,7 +49,9 @@ def _cfg(out: Path, base_dir: Path, **changes) -> FinetuneConfig:
 
 def _check_resume_is_exact(run: Callable[..., object], tmp_path: Path, initial: dict[str, torch.Tensor]) -> None:
     """``run(out, **kw)`` trains one stage; interrupted + resumed must equal uninterrupted, tensor for tensor."""
-    whole = run(tmp_path / "whole")
+    whole = run(tmp_path / "whole", callbacks=[SlowSave()])
+    # run_stage's step timer counts the optimizer steps only, not the checkpoint writing between them
+    assert whole.seconds - whole.info["step_seconds"] >= SAVE_PAUSE * (STEPS // STOP_AT)
     cut = run(tmp_path / "cut", callbacks=[StopAfter(STOP_AT)])
     assert cut.info["steps"] == STOP_AT
     # The test can fail: between the start and the checkpoint the routed experts moved, so a resume that kept
@@ -56,13 +68,6 @@ def _check_resume_is_exact(run: Callable[..., object], tmp_path: Path, initial: 
         # data position, optimizer and schedule; the routed experts first, the tensors a careless resume gets wrong
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, msg=name)
     assert resumed.train_losses[1][-1] == whole.train_losses[1][-1]
-
-
-@pytest.fixture(scope="module")
-def base(base_dir):
-    from dsnb.model.load import load_model
-
-    return load_model(base_dir, dtype=torch.float32)
 
 
 def test_sft_full_resumes_to_the_same_weights(base_dir, base, corpus, tmp_path):

@@ -45,6 +45,7 @@ from dsnb.train.checkpoint import (
 )
 from dsnb.train.config import ConfigError, FinetuneConfig, effective_batch, launch_state, resolve_precision
 from dsnb.train.logs import LoggedRun, logged
+from dsnb.train.speed import StepTimer
 from dsnb.train.trainable import prepare_model
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,8 @@ def run_stage(
     model, info = stage.prepare(model, cfg)
     data = stage.data(cfg, model, tokenizer, corpus)
     trainer = stage.trainer(cfg, model, tokenizer, data, args, callbacks, progress)
+    timer = StepTimer()  # the optimizer steps alone: evaluation and checkpoint writing are not training time
+    trainer.add_callback(timer)
     model = trainer.model  # a stage's trainer may wrap it (TRL adds the LoRA adapters itself)
     total, trainable = model.num_parameters(), model.num_parameters(only_trainable=True)
     info = {"method": cfg.method, **info, "total": total, "trainable": trainable, "trainable share": trainable / total,
@@ -218,7 +221,7 @@ def run_stage(
         load_best_weights(model, best, cfg.output_dir)
     remove_restored_on_main(cfg.output_dir)
     info.update(train_loss=output.training_loss, steps=trainer.state.global_step, resumed_from=resumed,
-                best_checkpoint=best)
+                best_checkpoint=best, step_seconds=timer.seconds)
     model.eval()
     return stage.result_class(model, tokenizer, trainer, data.train, data.eval, info,
                               list(trainer.state.log_history), seconds)

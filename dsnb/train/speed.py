@@ -1,5 +1,7 @@
 """What a training step costs: memory and time of one step, and the memory switches of notebook 08.
 
+``StepTimer`` times a Trainer's optimizer steps alone (forward, backward, clipping, optimizer), without the
+evaluation, logging and checkpoint writing between them, so two runs that save differently compare fairly.
 ``measure_training_step`` runs one forward/backward/optimizer step under a precision, gradient
 checkpointing and accumulation setting and reports the activations kept for backward
 (``dsnb.plan.measure.saved_tensor_bytes``) and the step time; ``training_state_bytes`` counts
@@ -14,9 +16,31 @@ import time
 
 import torch
 from torch import nn
+from transformers import TrainerCallback
 
+from dsnb.model.device import model_device
 from dsnb.plan.measure import saved_tensor_bytes
 from dsnb.train.config import resolve_precision
+
+
+class StepTimer(TrainerCallback):
+    """Seconds spent inside optimizer steps: from ``on_step_begin`` to ``on_step_end`` of each, summed.
+
+    The Trainer evaluates, logs and saves checkpoints after ``on_step_end``, so none of that is counted.
+    """
+
+    def __init__(self) -> None:
+        self.seconds, self.steps = 0.0, 0
+        self._started: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._started is not None:
+            self.seconds += time.perf_counter() - self._started
+            self.steps += 1
+            self._started = None
 
 
 def training_state_bytes(model: nn.Module, bytes_per_param: int = 4) -> dict[str, int]:
@@ -49,7 +73,7 @@ def measure_training_step(
     shared machine the fastest is the one least disturbed by other work). Taught in notebook 08.
     """
     precision = resolve_precision(precision)
-    device = next(model.parameters()).device
+    device = model_device(model)
     model.train()
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
