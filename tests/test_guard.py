@@ -172,3 +172,21 @@ def test_fp16_overflows_where_bf16_does_not():
 def test_bad_settings_raise():
     with pytest.raises(ValueError, match="max_bad_steps"):
         StabilityGuard(max_bad_steps=0)
+
+
+def test_a_loss_spike_is_a_bad_step_when_asked_and_the_stop_says_the_weights_were_already_thrown():
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    plain, spiky = StabilityGuard(), StabilityGuard(spike_factor=4, spike_window=3, max_bad_steps=2)
+    for step, value in enumerate([1.0, 1.2, 0.9, 30.0, 40.0], start=1):
+        for guard in (plain, spiky):
+            model.weight.grad = torch.ones_like(model.weight)
+            guard.see_loss(step, torch.tensor(value), fp16=False)
+            guard.before_optimizer(model, opt)
+    assert plain.bad_steps == [] and plain.good_losses == pytest.approx([1.0, 1.2, 0.9, 30.0, 40.0])
+    assert [(b.step, b.problem, b.tensor) for b in spiky.bad_steps] == [(4, "spiking", "loss"), (5, "spiking", "loss")]
+    assert "30x the median 1 of the last 3 applied steps" in spiky.bad_steps[0].cause  # median of 1.0, 1.2, 0.9
+    assert spiky.should_stop and "restart from an earlier checkpoint" in spiky.stop(None)
+    assert spiky.stop_message.startswith("training stopped at step 5 after 2 bad steps in a row: spiking loss")
+    with pytest.raises(ValueError, match="spike_factor"):
+        StabilityGuard(spike_factor=0.5)

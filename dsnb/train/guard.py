@@ -5,7 +5,8 @@ the run is lost from then on. ``StabilityGuard`` checks, for every micro-batch:
 
 - the inputs: no empty batch, token ids inside the vocabulary, labels inside it or ``-100``, float
   inputs finite (a poisoned batch);
-- the loss: finite;
+- the loss: finite, and (with ``spike_factor``) not a spike: above ``spike_factor`` × the median loss of
+  the last ``spike_window`` applied steps, the sign of a run that is diverging while still finite;
 - the gradients, right after the backward pass and *before* clipping (clipping a NaN norm spreads
   NaN to every gradient, hiding which parameter was first).
 
@@ -18,6 +19,10 @@ in a row it stops training cleanly, saves a checkpoint of the last good weights,
 With ``transformers.Trainer``: ``trainer_class=GuardedTrainer`` (or ``guarded(SomeTrainer)``) and
 ``trainer_kwargs={"guard": StabilityGuard()}``, e.g. through ``dsnb.train.sft.build_trainer``. In a
 plain loop: ``guarded_step``. Taught in notebook 07.
+
+A spike is caught one update late: the loss that shows it was computed with the weights the previous
+update already threw off, so "the last good weights" after a spike stop are finite but worse than the
+step before; restart from an earlier checkpoint at a lower rate (the stop message says so).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class BadStep:
     step: int
     tensor: str  # "input_ids", "loss", "grad of model.layers.1.mlp...", ...
     cause: str
+    problem: str = "non-finite"  # or "spiking" (a finite loss far above the recent ones)
 
 
 def check_inputs(inputs: dict[str, Any], vocab_size: int | None) -> tuple[str, str] | None:
@@ -87,10 +93,17 @@ def first_nonfinite_grad(model: nn.Module) -> str | None:
 class StabilityGuard(TrainerCallback):
     """Skip bad updates, back the learning rate off, stop after ``max_bad_steps`` bad steps in a row."""
 
-    def __init__(self, max_bad_steps: int = 3, lr_factor: float = 0.1, lr_floor: float = 1e-6):
+    def __init__(self, max_bad_steps: int = 3, lr_factor: float = 0.1, lr_floor: float = 1e-6,
+                 spike_factor: float | None = None, spike_window: int = 5):
         if max_bad_steps < 1 or not 0 < lr_factor < 1 or lr_floor < 0:
             raise ValueError("max_bad_steps must be >= 1, lr_factor in (0, 1) and lr_floor >= 0")
+        if spike_factor is not None and not (math.isfinite(spike_factor) and spike_factor > 1) or spike_window < 1:
+            raise ValueError(f"spike_factor={spike_factor!r}, spike_window={spike_window!r}: the factor is a finite number "
+                             "above 1 (e.g. 4: a loss four times the recent median) or None, the window >= 1 step")
         self.max_bad_steps, self.lr_factor, self.lr_floor = max_bad_steps, lr_factor, lr_floor
+        self.spike_factor, self.spike_window = spike_factor, spike_window
+        self.good_losses: list[float] = []  # mean loss of each applied step (the spike check's reference)
+        self._step_losses: list[float] = []
         self.bad_steps: list[BadStep] = []
         self.in_a_row = 0
         self.pending: BadStep | None = None
@@ -107,8 +120,22 @@ class StabilityGuard(TrainerCallback):
         return problem is None
 
     def see_loss(self, step: int, loss: torch.Tensor, fp16: bool) -> None:
-        if self.pending is None and not bool(torch.isfinite(loss.detach()).all()):
+        if self.pending is not None:
+            return
+        if not bool(torch.isfinite(loss.detach()).all()):
             self.pending = BadStep(step, "loss", self._cause(fp16))
+            return
+        value = float(loss.detach().float().mean())
+        self._step_losses.append(value)
+        recent = self.good_losses[-self.spike_window:]
+        if self.spike_factor is not None and recent:
+            median = float(torch.tensor(recent).median())
+            if median > 0 and value > self.spike_factor * median:
+                self.pending = BadStep(step, "loss", (
+                    f"loss {value:.3g} is {value / median:.0f}x the median {median:.3g} of the last {len(recent)} applied "
+                    "steps: the run is diverging (learning rate too high); the weights kept are finite but already "
+                    "thrown off by the update before it, so restart from an earlier checkpoint at a lower rate"),
+                    "spiking")
 
     def see_grads(self, step: int, model: nn.Module, fp16: bool) -> None:
         if self.pending is None:
@@ -127,8 +154,11 @@ class StabilityGuard(TrainerCallback):
     def before_optimizer(self, model: nn.Module, optimizer: Any, scheduler: Any = None, scaler: bool = False) -> bool:
         """Decide the step: True = apply it. A bad step's update is skipped and the learning rate lowered."""
         bad, self.pending = self.pending, None
+        step_losses, self._step_losses = self._step_losses, []
         if bad is None:
             self.in_a_row = 0
+            if step_losses:
+                self.good_losses.append(sum(step_losses) / len(step_losses))
             return True
         self.bad_steps.append(bad)
         self.in_a_row += 1
@@ -139,8 +169,8 @@ class StabilityGuard(TrainerCallback):
                 else:
                     p.grad = None
         new_lr = self._lower_lr(optimizer, scheduler)
-        logger.warning("step %d: non-finite %s (%s): update skipped, learning rate now %.3g (%d bad in a row)",
-                       bad.step, bad.tensor, bad.cause, new_lr, self.in_a_row)
+        logger.warning("step %d: %s %s (%s): update skipped, learning rate now %.3g (%d bad in a row)",
+                       bad.step, bad.problem, bad.tensor, bad.cause, new_lr, self.in_a_row)
         return False
 
     def _lower_lr(self, optimizer: Any, scheduler: Any) -> float:
@@ -167,7 +197,7 @@ class StabilityGuard(TrainerCallback):
             self.checkpoint = checkpoint
             where = f"last good weights saved and verified in {checkpoint}"
         self.stop_message = (f"training stopped at step {last.step} after {self.in_a_row} bad steps in a row: "
-                             f"non-finite {last.tensor}; likely cause: {last.cause}; {where}")
+                             f"{last.problem} {last.tensor}; likely cause: {last.cause}; {where}")
         logger.error(self.stop_message)
         return self.stop_message
 
