@@ -195,7 +195,8 @@ class StabilityGuard(TrainerCallback):
                 write_manifest(checkpoint)
             verify_checkpoint(checkpoint)
             self.checkpoint = checkpoint
-            where = f"last good weights saved and verified in {checkpoint}"
+            kept = "last good weights" if last.problem == "non-finite" else "weights of the last applied step"
+            where = f"{kept} saved and verified in {checkpoint}"
         self.stop_message = (f"training stopped at step {last.step} after {self.in_a_row} bad steps in a row: "
                              f"{last.problem} {last.tensor}; likely cause: {last.cause}; {where}")
         logger.error(self.stop_message)
