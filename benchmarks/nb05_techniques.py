@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         pred = answer_token_predictions(model, tok, evald.examples)
         return {"nll": pred.loss, "accuracy": pred.accuracy,
                 "ece": expected_calibration_error(pred.confidence, pred.correct),
-                "bins": reliability_bins(pred.confidence, pred.correct, 10)}
+                "bins": reliability_bins(pred.confidence, pred.correct)}
 
     class Curve(TrainerCallback):
         def __init__(self) -> None:

@@ -77,7 +77,12 @@ def answer_token_predictions(model: nn.Module, tokenizer: PreTrainedTokenizerBas
     return out
 
 
-def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> list[dict[str, float]]:
+#: Equal-width confidence bins of the ECE and of the reliability diagram: one count everywhere, so a diagram and
+#: the ECE printed on it describe the same bins (10, as in Guo et al.'s diagrams).
+ECE_BINS = 10
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
     """One row per equal-width confidence bin (right-closed, the first also holds 0): count, mean
     confidence and accuracy (NaN for empty bins)."""
     confidence = np.asarray(confidence, dtype=float)
@@ -98,7 +103,7 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = 15
     return rows
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE: sum over bins of (share of tokens in the bin) x |accuracy - mean confidence|."""
     rows = reliability_bins(confidence, correct, bins)
     total = sum(r["count"] for r in rows)
