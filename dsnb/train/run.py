@@ -138,15 +138,14 @@ class Stage(ABC):
 def check_before_loading(cfg: FinetuneConfig, model: nn.Module | None = None) -> None:
     """The config checks that need no model or data, run before anything loads.
 
-    Precision against this machine (``fp16`` on a CPU), the batch plan against the process count,
-    dropout, and ``freeze_first_layers`` against the layer count in the model's ``config.json`` (a
+    Precision against this machine (``fp16`` on a CPU), the batch plan against the process count, and
+    ``freeze_first_layers`` against the layer count in the model's ``config.json`` (a
     local directory or a course model; read without loading weights). A mistake here fails in
-    a second instead of after the model and data have loaded.
+    a second instead of after the model and data have loaded. (Ranges such as dropout's are checked when
+    the config is built.)
     """
     resolve_precision(cfg.precision)
     cfg.accumulation_for(launch_state().num_processes)
-    if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
-        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.freeze_first_layers > 0:
         layers = _layer_count(cfg.model) if model is None else getattr(model.config, "num_hidden_layers", None)
         if layers is not None and cfg.freeze_first_layers > layers:
