@@ -23,15 +23,17 @@ def test_js():
     assert not nb11.check_js(right * math.log(2))  # nats, not bits
 
 
-def test_steps_to_floor():
-    assert nb11.check_steps_to_floor(2)
-    assert not nb11.check_steps_to_floor(3)
+def test_spike_threshold():
+    assert nb11.spike_threshold() == pytest.approx(3 * 2.20, rel=1e-6)  # median of the last 5, not of all 7
+    assert nb11.check_spike_threshold(6.6)
+    assert not nb11.check_spike_threshold(3 * 2.26)  # median of all seven
+    assert not nb11.check_spike_threshold(3 * sum(nb11.EX3_LOSSES[-5:]) / 5)  # mean of the window
 
 
 def test_solutions(capsys):
     for n in (1, 2, 3):
         nb11.solution(n)
     out = capsys.readouterr().out
-    assert "144" in out and "2 bad steps" in out
+    assert "144" in out and "6.60" in out
     with pytest.raises(ValueError):
         nb11.solution(4)

@@ -39,16 +39,30 @@ def batchmean_factor(batch: int, seq: int, vocab: int = 16) -> float:
     return (torch.nn.KLDivLoss(reduction="batchmean")(log_q, p) / per_token).item()
 
 
-def check_batchmean_factor(answer: float | None, batch: int = 8, seq: int = 256) -> bool:
+#: Exercise 2: batch and sequence length of the 3-D logits (the page's batch is 4 × 64).
+EX2_BATCH, EX2_SEQ = 2, 384
+
+
+def check_batchmean_factor(answer: float | None, batch: int = EX2_BATCH, seq: int = EX2_SEQ) -> bool:
     """Exercise 2: the factor by which the article's ``batchmean`` KL on 3-D logits overstates the per-token KL."""
     return check_number("2 (batchmean factor)", answer, batchmean_factor(batch, seq), rel_tol=0.01,
                         hint="batchmean sums over every position and divides by the first dimension only.")
 
 
-def check_topk_storage_tb(answer: float | None, k: int = 32, tokens: float = 10e9) -> bool:
-    """Exercise 3: terabytes (10¹² bytes) of top-``k`` teacher logits (bf16 values + int32 ids) for ``tokens``."""
-    return check_number("3 (top-k storage, TB)", answer, topk_bytes_per_token(k) * tokens / 1e12, rel_tol=0.02,
-                        hint="each token stores k values of 2 bytes and k token ids of 4 bytes.")
+#: Exercise 3: top-k, bytes per stored value (fp8), and corpus tokens; the notebook's table is top-32/128 in bf16 for 1e10.
+EX3_K, EX3_VALUE_BYTES, EX3_TOKENS = 50, 1, 3e9
+
+
+def topk_storage_gb(k: int = EX3_K, value_bytes: int = EX3_VALUE_BYTES, tokens: float = EX3_TOKENS) -> float:
+    """Gigabytes (10⁹ bytes) of top-``k`` teacher logits (``value_bytes`` per value, int32 ids) for ``tokens``."""
+    return topk_bytes_per_token(k, value_bytes=value_bytes) * tokens / 1e9
+
+
+def check_topk_storage_gb(answer: float | None) -> bool:
+    """Exercise 3: gigabytes of top-50 teacher logits stored as fp8 values and int32 ids for 3·10⁹ tokens."""
+    return check_number("3 (top-k storage, GB)", answer, topk_storage_gb(), rel_tol=0.02,
+                        hint="each token stores k values and k token ids; only the bytes per value changed "
+                             "(fp8 is 1 byte); the ids still need 4 bytes each.")
 
 
 @SOLUTIONS.register(1)
@@ -67,17 +81,18 @@ Computed: CombinedLoss(0, 1, temperature=2) on one real token (dsnb.exercises.nb
 @SOLUTIONS.register(2)
 def _solution_2() -> str:
     return f"""
-batchmean divides the sum over every element by input.size(0). On (8, 256, vocab) tensors that is
-the sum over 8 × 256 positions divided by 8: each sequence's 256 per-token KLs are added up, so the
-value is 256 times the per-token mean (measured: {batchmean_factor(8, 256):.1f}×). Flatten to
+batchmean divides the sum over every element by input.size(0). On ({EX2_BATCH}, {EX2_SEQ}, vocab) tensors that is
+the sum over {EX2_BATCH} × {EX2_SEQ} positions divided by {EX2_BATCH}: each sequence's {EX2_SEQ} per-token KLs are added up, so the
+value is {EX2_SEQ} times the per-token mean, whatever the batch size (measured: {batchmean_factor(EX2_BATCH, EX2_SEQ):.1f}×). Flatten to
 (tokens, vocab) first, or divide the sum by the number of real tokens, as CombinedLoss does.
 """
 
 
 @SOLUTIONS.register(3)
 def _solution_3() -> str:
-    b = topk_bytes_per_token(32)
+    b = topk_bytes_per_token(EX3_K, value_bytes=EX3_VALUE_BYTES)
     return f"""
-Per token: 32 values × 2 bytes (bf16) + 32 ids × 4 bytes (int32; a 100k vocabulary needs more than
-16 bits) = {b} bytes. × 10¹⁰ tokens = {b * 10e9:.3g} bytes = {b * 10e9 / 1e12:.2f} TB.
+Per token: {EX3_K} values × {EX3_VALUE_BYTES} byte (fp8) + {EX3_K} ids × 4 bytes (int32: a 100k+ vocabulary needs more
+than 16 bits, so fp8 values do not shrink the ids) = {b} bytes. × {EX3_TOKENS:.0e} tokens = {topk_storage_gb():,.0f} GB.
+Halving the value bytes saves only a sixth: the ids are two thirds of the bytes in bf16, four fifths in fp8.
 """

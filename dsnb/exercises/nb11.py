@@ -47,21 +47,33 @@ def check_js(answer: float | None) -> bool:
                         "with log base 2.")
 
 
-def bad_steps_to_floor(peak: float = 3e-5, factor: float = 0.1, floor: float = 1e-6) -> int:
-    """Bad steps in a row after which ``StabilityGuard`` has lowered a ``peak`` learning rate to its floor."""
-    guard = StabilityGuard(max_bad_steps=100, lr_factor=factor, lr_floor=floor)
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
-    steps = 0
-    while opt.param_groups[0]["lr"] > floor:
-        guard._lower_lr(opt, None)
-        steps += 1
-    return steps
+#: Exercise 3: losses of the last applied steps (oldest first) and the guard's spike settings.
+EX3_LOSSES, EX3_FACTOR, EX3_WINDOW = (2.95, 2.41, 2.31, 2.20, 2.26, 2.12, 1.58), 3.0, 5
 
 
-def check_steps_to_floor(answer: int | None) -> bool:
-    """Exercise 3: from the article's peak 3e-5, how many bad steps until the guard's LR sits at the 1e-6 floor."""
-    return check_number("3 (bad steps to the floor)", answer, bad_steps_to_floor(), rel_tol=0.0,
-                        hint="each bad step multiplies the learning rate by 0.1, but never below the floor.")
+def spike_threshold(losses: tuple[float, ...] = EX3_LOSSES, factor: float = EX3_FACTOR, window: int = EX3_WINDOW) -> float:
+    """The highest next loss ``StabilityGuard(spike_factor=factor, spike_window=window)`` still applies after ``losses``.
+
+    Found by asking the guard itself (bisection on ``see_loss``), not by re-deriving its rule.
+    """
+    def applied(value: float) -> bool:
+        guard = StabilityGuard(spike_factor=factor, spike_window=window)
+        guard.good_losses = list(losses)
+        guard.see_loss(len(losses) + 1, torch.tensor(value), fp16=False)
+        return guard.pending is None
+
+    lo, hi = 0.0, 1e3 * max(losses)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if applied(mid) else (lo, mid)
+    return lo
+
+
+def check_spike_threshold(answer: float | None) -> bool:
+    """Exercise 3: the largest loss the next step may show before the spike check marks it bad."""
+    return check_number("3 (spike threshold)", answer, spike_threshold(), rel_tol=0.01,
+                        hint="the guard compares the new loss with spike_factor × the median of the last spike_window "
+                             "applied losses: which losses are in the window, and what is their median?")
 
 
 @SOLUTIONS.register(1)
@@ -86,8 +98,12 @@ JS = (0.4387 + 0.25) / 2 = {js_divergence(FT, REF):.4f} bits (dsnb.checklist.shi
 
 @SOLUTIONS.register(3)
 def _solution_3() -> str:
+    recent = sorted(EX3_LOSSES[-EX3_WINDOW:])
+    median = recent[len(recent) // 2]
     return f"""
-3e-5 → 3e-6 after one bad step → max(3e-7, 1e-6) = 1e-6 after the second: {bad_steps_to_floor()} bad steps.
-The guard stops training after max_bad_steps = 3 in a row, so a run whose loss stays non-finite reaches
-the article's 1e-6 (claim C29) and stops one step later, with the last good weights saved.
+The window is the last {EX3_WINDOW} applied losses, {EX3_LOSSES[-EX3_WINDOW:]}: the early 2.95 and 2.41 have left it.
+Sorted: {tuple(recent)}, median {median}. A loss above {EX3_FACTOR:g} × {median} = {EX3_FACTOR * median:.2f} is a spike,
+so the highest loss still applied is {spike_threshold():.2f} (StabilityGuard.see_loss, asked by bisection).
+The median, not the mean, so that one earlier spike in the window does not raise the bar; a factor of
+{EX3_FACTOR:g} is a band you set from a calibrated run's step-to-step spread (notebook 07), not a constant.
 """
