@@ -9,8 +9,12 @@ answer one request at a time (``max_batch=1``, without merging identical request
 before batching) and model servers that batch (``--max-batch``, the
 engine's dynamic batching); the end compares the two (throughput ratio, cache-miss p50 / p99 ratios,
 memory). Each run ends with a misses-only phase (``--saturate`` requests, every one new to the cache): the
-model servers' throughput, which is what batching changes. The mixed run's own throughput is bound by the
-gateway and the clients (one Python process here), since four in five of its requests never reach a model.
+model servers' throughput through the gateway, which is what batching changes; then the same number of
+misses goes straight to the two model servers over HTTP (their API key, no gateway), which measures the model
+servers alone: on two shared cores the gateway's and the clients' CPU per request, which batching does not
+shrink, caps the ratio through the gateway (CPU per answer of each process is printed for both). The mixed
+run's own throughput is bound by the gateway and the clients, since four in five of its requests never reach
+a model.
 Before both runs, the engine alone (``engine_alone``: no HTTP, in this process) is timed the same two ways,
 which shows how much of batching's gain the HTTP path keeps on a machine whose cores the servers, the
 gateway and the clients share.
@@ -73,8 +77,9 @@ JSON = {"content-type": "application/json"}
 RETRIES_429 = 10
 #: A model server process: the course's SFT model behind create_app, batching up to argv[1] requests (1: one at
 #: a time, and identical requests in flight generated separately, as the engine did before batching).
+MODEL_NAME = "course-model"
 SERVER = ("import os, sys, uvicorn; from dsnb.serve.engine import ModelEngine; from dsnb.serve.server import create_app; "
-          "n = int(sys.argv[1]); e = ModelEngine.load('dsnb-tiny-sft', 'sft-v2', name='course-model', max_batch=n, "
+          f"n = int(sys.argv[1]); e = ModelEngine.load('dsnb-tiny-sft', 'sft-v2', name={MODEL_NAME!r}, max_batch=n, "
           "coalesce=n > 1); "
           "uvicorn.run(create_app(e, api_key=os.environ['DSNB_API_KEY']), host='127.0.0.1', port=int(sys.argv[2]), "
           "log_level='warning')")
@@ -115,10 +120,13 @@ def _start_model_server(log: Path, max_batch: int) -> tuple[subprocess.Popen, st
         time.sleep(0.2)
 
 
-def _request(kind: str, user: str, prompt: str, unique: int | None, victim: str) -> tuple[str, bytes, dict]:
-    """(path, body, headers) of one request of ``kind`` ("valid" or one of ``HOSTILE``)."""
-    auth = {**JSON, "Authorization": f"Bearer {CLIENT_KEY}"}
-    body: dict = {"model": "x", "user": user, "max_tokens": 16, "messages": [{"role": "user", "content": prompt}]}
+def _request(kind: str, user: str, prompt: str, unique: int | None, victim: str, direct: bool = False
+             ) -> tuple[str, bytes, dict]:
+    """(path, body, headers) of one request of ``kind`` ("valid" or one of ``HOSTILE``); ``direct``: a valid
+    request addressed to a model server itself (its API key and model name) instead of the gateway."""
+    auth = {**JSON, "Authorization": f"Bearer {BACKEND_KEY if direct else CLIENT_KEY}"}
+    body: dict = {"model": MODEL_NAME if direct else "x", "user": user, "max_tokens": 16,
+                  "messages": [{"role": "user", "content": prompt}]}
     body.update({"temperature": 0.7, "seed": unique} if unique is not None else {"temperature": 0})
     if kind == "valid":
         return "/v1/chat/completions", json.dumps(body).encode(), auth
@@ -143,17 +151,19 @@ def _request(kind: str, user: str, prompt: str, unique: int | None, victim: str)
     raise ValueError(f"unknown request kind {kind!r}")
 
 
-async def _drive(url: str, prompts: list[str], n: int, clients: int, miss_share: float, hostile_share: float,
-                 seed: int, victim: str, first_id: int = 0) -> tuple[list[tuple], float]:
+async def _drive(url: str | list[str], prompts: list[str], n: int, clients: int, miss_share: float,
+                 hostile_share: float, seed: int, victim: str, first_id: int = 0) -> tuple[list[tuple], float]:
     """Send the planned requests from ``clients`` concurrent clients; (kind, status, cache, request id, seconds,
-    429 retries) per request, and the wall time. A cache miss carries the seed ``first_id`` + its index."""
+    429 retries) per request, and the wall time. A cache miss carries the seed ``first_id`` + its index.
+    ``url``: the gateway's; a list of model servers' URLs sends valid requests straight to them in turn."""
     rng = np.random.default_rng(seed)
-    kinds = list(HOSTILE)
+    kinds, urls = list(HOSTILE), [url] if isinstance(url, str) else url
     plan = []
     for i in range(n):
         kind = kinds[int(rng.integers(len(kinds)))] if rng.random() < hostile_share else "valid"
         user, prompt = f"user-{i % 500}", prompts[int(rng.integers(len(prompts)))]
-        plan.append((kind, *_request(kind, user, prompt, first_id + i if rng.random() < miss_share else None, victim)))
+        unique = first_id + i if rng.random() < miss_share else None
+        plan.append((kind, urls[i % len(urls)], *_request(kind, user, prompt, unique, victim, len(urls) > 1)))
     queue: asyncio.Queue = asyncio.Queue()
     for item in plan:  # bodies built before the clock starts: the clients only send
         queue.put_nowait(item)
@@ -161,7 +171,7 @@ async def _drive(url: str, prompts: list[str], n: int, clients: int, miss_share:
 
     async def client(http: httpx.AsyncClient) -> None:
         while not queue.empty():
-            kind, path, content, headers = queue.get_nowait()
+            kind, url, path, content, headers = queue.get_nowait()
             t0 = time.perf_counter()
             try:
                 for attempt in range(1, RETRIES_429 + 2):  # a 429 is retried after Retry-After, as openai's client does
@@ -190,7 +200,7 @@ def _drive_apart(*args: object, **kwargs: object) -> tuple[list[tuple], float, f
 
 async def _direct_oversized(url: str, n: int) -> list[int]:
     """``n`` 10 MB prompts at once, straight to a model server (with its API key)."""
-    body = b'{"model": "course-model", "prompt": "' + b"x" * 10_000_000 + b'"}'
+    body = json.dumps({"model": MODEL_NAME, "prompt": "x" * 10_000_000}).encode()
     async with httpx.AsyncClient(timeout=300) as http:
         rs = await asyncio.gather(*(http.post(url + "/v1/completions", content=body,
                                               headers={**JSON, "Authorization": f"Bearer {BACKEND_KEY}"})
@@ -229,9 +239,16 @@ def run(args: argparse.Namespace, prompts: list[str], max_batch: int, clients: c
                     _drive_apart, g.url, prompts, args.requests, args.clients, args.miss_share, args.hostile_share,
                     args.seed, warm.headers["x-request-id"]).result()
                 cpu = [b - a for a, b in zip(cpu0, _cpu_seconds(sa.pid, sb.pid, os.getpid()), strict=True)]
-                saturated, saturated_wall, _ = clients.submit(  # misses only: what the model servers can generate
+                sat_cpu0 = _cpu_seconds(sa.pid, sb.pid, os.getpid())
+                saturated, saturated_wall, sat_client_cpu = clients.submit(  # misses only: what the servers generate
                     _drive_apart, g.url, prompts, args.saturate, args.clients, 1.0, 0.0, args.seed + 1, "",
                     first_id=args.requests).result()
+                sat_cpu = [b - a for a, b in zip(sat_cpu0, _cpu_seconds(sa.pid, sb.pid, os.getpid()), strict=True)]
+            direct_cpu0 = _cpu_seconds(sa.pid, sb.pid)
+            straight, straight_wall, straight_client_cpu = clients.submit(  # the same misses, no gateway in between
+                _drive_apart, [url_a, url_b], prompts, args.saturate, args.clients, 1.0, 0.0, args.seed + 2, "",
+                first_id=args.requests + args.saturate).result()
+            straight_cpu = [b - a for a, b in zip(direct_cpu0, _cpu_seconds(sa.pid, sb.pid), strict=True)]
             store.flush()
             time.sleep(2.0)  # let the servers settle before reading their memory
             after = {v: _memory(p.pid) for v, p in (("A", sa), ("B", sb))}
@@ -302,8 +319,20 @@ def run(args: argparse.Namespace, prompts: list[str], max_batch: int, clients: c
           f"statuses {dict(sorted(Counter(r[1] for r in saturated).items()))}; cache "
           f"{dict(Counter(r[2] for r in sat_ok))}; rows lost {sat_lost} of {len(sat_ok)} "
           f"({len(saturated_rows)} rows stored)")
+    n_sat = max(len(sat_ok), 1)
+    print(f"  CPU per answer: model servers {1000 * (sat_cpu[0] + sat_cpu[1]) / n_sat:.1f} ms, gateway "
+          f"{1000 * sat_cpu[2] / n_sat:.1f} ms, clients {1000 * sat_client_cpu / n_sat:.1f} ms")
+    straight_ok = [r for r in straight if r[1] == 200]
+    straight_ms = percentiles([1000 * r[4] for r in straight_ok]) if straight_ok else {"p50": float("nan")}
+    figures["direct_req_s"] = len(straight_ok) / straight_wall
+    figures["direct_cpu_ms"] = 1000 * sum(straight_cpu) / max(len(straight_ok), 1)
+    print(f"misses straight to the model servers (HTTP, no gateway): {len(straight)} requests in {straight_wall:.1f} s: "
+          f"{figures['direct_req_s']:.1f} answers/s; client p50 {straight_ms['p50']:.0f} ms; statuses "
+          f"{dict(sorted(Counter(r[1] for r in straight).items()))}; CPU per answer: model servers "
+          f"{figures['direct_cpu_ms']:.1f} ms, clients {1000 * straight_client_cpu / max(len(straight_ok), 1):.1f} ms")
     figures["failed"] = bool(valid_5xx or hostile_5xx or lost or wrong or any(s != 413 for s in direct)
-                             or any(r[1] != 200 for r in valid) or sat_lost or len(sat_ok) != len(saturated))
+                             or any(r[1] != 200 for r in valid) or sat_lost or len(sat_ok) != len(saturated)
+                             or len(straight_ok) != len(straight))
     if figures["failed"]:
         print(f"FAILED: 5xx responses ({valid_5xx} valid, {hostile_5xx} hostile), {lost} lost rows, "
               f"unexpected statuses for {wrong or 'none'}, direct 10 MB prompts {direct}")
@@ -323,8 +352,8 @@ def engine_alone(prompts: list[str], max_batch: int, requests: int = 256, thread
     from dsnb.serve.engine import ModelEngine
 
     torch.set_num_threads(1)  # as the model servers run (OMP_NUM_THREADS=1)
-    one = ModelEngine.load("dsnb-tiny-sft", "sft-v2", name="course-model", max_batch=1, coalesce=False)
-    batched = ModelEngine(one.model, one.tokenizer, "course-model", max_batch=max_batch)
+    one = ModelEngine.load("dsnb-tiny-sft", "sft-v2", name=MODEL_NAME, max_batch=1, coalesce=False)
+    batched = ModelEngine(one.model, one.tokenizer, MODEL_NAME, max_batch=max_batch)
     ids = [one.chat_ids([{"role": "user", "content": prompts[i % len(prompts)]}]) for i in range(requests)]
     out = {}
     for label, engine in (("one at a time", one), (f"max_batch={max_batch}", batched)):
@@ -359,9 +388,13 @@ def main() -> None:
         one, batched = run(args, prompts, 1, clients), run(args, prompts, args.max_batch, clients)
     print("\n=== batched against one at a time (same plan)")
     ratio = batched["model_req_s"] / one["model_req_s"]
-    print(f"model throughput (misses only): {batched['model_req_s']:.1f} against {one['model_req_s']:.1f} answers/s: "
+    print(f"misses through the gateway: {batched['model_req_s']:.1f} against {one['model_req_s']:.1f} answers/s: "
           f"{ratio:.1f}x (target >= 3x); client p50 {batched['saturated']['p50']:.0f} against "
           f"{one['saturated']['p50']:.0f} ms")
+    print(f"model servers over HTTP, no gateway (misses only): {batched['direct_req_s']:.1f} against "
+          f"{one['direct_req_s']:.1f} answers/s: {batched['direct_req_s'] / one['direct_req_s']:.1f}x (target >= 3x); "
+          f"model-server CPU per answer {batched['direct_cpu_ms']:.1f} against {one['direct_cpu_ms']:.1f} ms "
+          f"({one['direct_cpu_ms'] / batched['direct_cpu_ms']:.1f}x less)")
     print(f"whole mixed run: {batched['req_s']:.0f} against {one['req_s']:.0f} req/s "
           f"({batched['req_s'] / one['req_s']:.1f}x; four in five requests are cache hits or refusals, which the "
           "gateway answers without a model, so this ratio is bound by the gateway and client process, not by batching)")
