@@ -1,4 +1,4 @@
-# The two commands of the course: `make course` and `make test` (plus `make lab`).
+# The two commands of the course: `make course` and `make test` (plus `make lab` and `make site`).
 # Each one creates .venv if needed and installs everything it needs first.
 # The first Python 3.11 or 3.12 found (transformers 5.24 needs 3.11+); override with PYTHON=...
 PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dsnb-installed
 
-.PHONY: setup base-model course test test-second-build lint lab clean-cache
+.PHONY: setup base-model course test test-second-build lint lab site serve-site clean-cache
 
 $(STAMP): pyproject.toml constraints.txt scripts/install_torch.sh
 	@test -n "$(PYTHON)" || { echo 'Need Python 3.11 or 3.12 (python3.11 / python3.12 on PATH, or PYTHON=/path/to/python).'; exit 1; }
@@ -31,7 +31,7 @@ course: base-model
 	$(BIN)/python -m dsnb.course notebooks
 
 lint: setup
-	$(BIN)/ruff check dsnb tests benchmarks notebooks
+	$(BIN)/ruff check dsnb tests benchmarks notebooks docs
 
 test: lint base-model
 	$(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=900
@@ -46,6 +46,19 @@ test-second-build: lint setup
 
 lab: setup
 	$(BIN)/jupyter lab notebooks
+
+# The course as a static website in build/site (entry page build/site/index.html), built from the committed
+# notebooks and their outputs (nothing is executed, so no base model is needed): Sphinx with every warning an
+# error, then every internal link and image checked (docs/build.py). `make test` builds it again in
+# tests/test_site_browser.py and opens every notebook page in headless Chromium.
+SITE ?= build/site
+site: setup
+	$(BIN)/python docs/build.py $(SITE)
+
+# Serve the built site on http://127.0.0.1:8000 (Ctrl-C stops it).
+serve-site:
+	@test -f $(SITE)/index.html || { echo 'No site in $(SITE): run make site first.'; exit 1; }
+	$(BIN)/python -m http.server --directory $(SITE) --bind 127.0.0.1 8000
 
 clean-cache:
 	rm -rf $${DSNB_CACHE:-$$HOME/.cache/dsnb}
