@@ -4,10 +4,12 @@ Run:  python benchmarks/nb05_techniques.py [--steps 60] [--seeds 0 1 2] [--threa
 
 Every condition fine-tunes the course's tiny DeepSeek-V3 from the same base weights on the same
 training examples (a small set, seen about three times, where regularisers have something to do),
-with the same steps, batch and learning-rate schedule; only the technique changes. Every
-``--eval-every`` steps the held-out answer-token NLL (validation split, no smoothing) is recorded;
-at the end: NLL, token accuracy, expected calibration error with its reliability bins, the loss
-under an FGSM perturbation of the input embeddings (epsilon 0.01) and seconds per step. Results,
+with the same steps, batch and learning-rate schedule; only the technique changes. The curricula split
+the training examples into thirds by length (``dsnb.train.curriculum.QUANTILE_STAGES``). Every
+``--eval-every`` steps (4: often enough to see where each curve bottoms out) the held-out answer-token
+NLL (validation split, no smoothing) is recorded; at the end: NLL, token accuracy, expected
+calibration error with its reliability bins, the loss under an FGSM perturbation of the input
+embeddings (epsilon 0.01) and seconds per step. Results,
 mean and std over seeds, go to ``benchmarks/results/nb05_techniques.json``, which notebook 05
 loads (the sweep takes longer than the notebook's time budget; this script regenerates it).
 """
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--train-examples", type=int, default=160)
     p.add_argument("--eval-examples", type=int, default=96)
-    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--conditions", nargs="+", default=list(CONDITIONS))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")

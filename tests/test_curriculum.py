@@ -15,6 +15,7 @@ import pytest
 
 from dsnb.train.config import ConfigError, FinetuneConfig
 from dsnb.train.curriculum import (
+    QUANTILE_STAGES,
     CurriculumSampler,
     CurriculumSchedule,
     mean_length_per_step,
@@ -72,12 +73,31 @@ def test_sampler_draws_each_step_from_its_stage():
     assert sorted(lengths[i] for i in tiny.step_indices(0)) == sorted(lengths)[:4]
 
 
+def test_quantile_bounds_split_the_data_into_equal_stages():
+    lengths = [30] * 5 + list(range(31, 126))  # skewed like notebook 05's: few below the article's 32 tokens
+    article = CurriculumSampler(lengths, CurriculumSchedule("discrete", scaled_thresholds(128), (2, 2)), 8, 6)
+    assert len(article.pool(0)) == 7  # the article's first stage: 7 of 100 examples
+    sched = CurriculumSchedule("discrete", QUANTILE_STAGES, (2, 2), quantiles=True)
+    resolved = sched.on_data(lengths)
+    assert resolved.thresholds == (59.0, 92.0) and not resolved.quantiles and resolved.on_data([1.0]) is resolved
+    sampler = CurriculumSampler(lengths, sched, 8, 6)
+    assert [len(sampler.pool(s)) for s in (0, 2, 4)] == [34, 67, 100]  # ceil(n/3), ceil(2n/3), all
+    ties = CurriculumSchedule("discrete", (0.5,), (1,), quantiles=True).on_data([1, 2, 2, 2, 3, 4])
+    assert ties.thresholds == (2.0,)  # a stage holds at least its share: tied lengths come along
+    root = CurriculumSchedule("root", QUANTILE_STAGES, ramp_steps=4, start=1 / 3, quantiles=True).on_data(lengths)
+    assert root.start == 59.0 and root.cap(0, 125) > 59 and root.cap(3, 125) == math.inf
+    with pytest.raises(ConfigError, match="shares"):
+        CurriculumSchedule("discrete", (32, 64), (3, 3), quantiles=True)
+    with pytest.raises(ValueError, match="difficulties"):
+        sched.on_data([])
+
+
 def test_config_turns_it_on():
     assert schedule_from_config(FinetuneConfig()) is None
     s = schedule_from_config(FinetuneConfig(curriculum="discrete", max_steps=90, max_seq_len=128))
-    assert s.thresholds == (32, 64) and s.stage_steps == (30, 30)
+    assert s.thresholds == QUANTILE_STAGES and s.quantiles and s.stage_steps == (30, 30)
     r = schedule_from_config(FinetuneConfig(curriculum="root", max_steps=90, curriculum_steps=40))
-    assert r.pacing == "root" and r.ramp_steps == 40
+    assert r.pacing == "root" and r.ramp_steps == 40 and r.start == QUANTILE_STAGES[0]
     with pytest.raises(ConfigError, match="use one of"):
         schedule_from_config(FinetuneConfig(curriculum="easy-first"))
 
@@ -93,13 +113,15 @@ def test_trainer_batches_follow_the_curriculum(base_dir, tokenizer, tmp_path):
                          eval_steps=None, output_dir=str(tmp_path), max_seq_len=128)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     trainer = build_trainer(cfg, model, tokenizer, to_dataset(examples), progress=False)
-    sched = trainer.curriculum
+    sched = trainer.curriculum  # the config's thirds, resolved against the training set's lengths
+    lengths = sorted(len(e["input_ids"]) for e in examples)
+    assert sched.thresholds == (lengths[math.ceil(len(lengths) / 3) - 1], lengths[math.ceil(2 * len(lengths) / 3) - 1])
     batches = list(trainer.get_train_dataloader())
     assert len(batches) == 12  # 6 steps x 2 micro-batches
     for i, b in enumerate(batches):
         longest = int(b["attention_mask"].sum(1).max())
         assert longest <= sched.cap(i // 2)
-    assert max(int(b["attention_mask"].sum(1).max()) for b in batches[8:]) > 64  # the last stage has them all
+    assert max(int(b["attention_mask"].sum(1).max()) for b in batches[8:]) > sched.thresholds[1]  # the last: all
 
 
 def test_each_rank_draws_its_shard_of_the_current_stage(tmp_path):

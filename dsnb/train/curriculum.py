@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,6 +39,8 @@ PACINGS = ("discrete", "linear", "root")
 #: The article's stage bounds (tokens) and the context length they are meant for.
 ARTICLE_THRESHOLDS = (512, 1024)
 ARTICLE_CONTEXT = 2048
+#: A recipe's stage bounds: the easiest third of the training examples, then two thirds, then all.
+QUANTILE_STAGES = (1 / 3, 2 / 3)
 
 
 def scaled_thresholds(max_seq_len: int, thresholds: Sequence[int] = ARTICLE_THRESHOLDS,
@@ -60,10 +62,15 @@ class CurriculumSchedule:
     root_degree: int = 2
     difficulty_step: float = 1
     cumulative: bool = True  # a stage keeps the easier examples (False: only its own band)
+    quantiles: bool = False  # thresholds, start and end are shares (0-1) of the training examples (see on_data)
 
     def __post_init__(self) -> None:
         if self.pacing not in PACINGS:
             raise ConfigError(f"curriculum pacing {self.pacing!r}: use one of {PACINGS}")
+        shares = [*self.thresholds, self.start] + ([self.end] if math.isfinite(self.end) else [])
+        if self.quantiles and not all(0 <= q <= 1 for q in shares):
+            raise ConfigError(f"quantile curriculum bounds are shares of the training examples in [0, 1], got "
+                              f"thresholds {list(self.thresholds)}, start {self.start}, end {self.end}")
         if self.pacing == "discrete":
             if len(self.stage_steps) != len(self.thresholds):
                 raise ConfigError(f"discrete curriculum: {len(self.thresholds)} thresholds need as many stage step "
@@ -72,6 +79,25 @@ class CurriculumSchedule:
                 raise ConfigError("curriculum thresholds must increase and every stage needs >= 1 step")
         elif self.ramp_steps < 1 or self.root_degree < 1 or self.difficulty_step <= 0:
             raise ConfigError("curriculum ramp_steps and root_degree must be >= 1, difficulty_step > 0")
+
+    def on_data(self, difficulties: Sequence[float]) -> CurriculumSchedule:
+        """This schedule with its quantile bounds turned into difficulties of the given examples.
+
+        A share ``q`` becomes the difficulty of the ``ceil(q * n)``-th easiest example, so a stage bounded
+        by it holds at least that share (more where lengths tie). Fixed-difficulty schedules come back as they are.
+        """
+        if not self.quantiles:
+            return self
+        if not len(difficulties):
+            raise ValueError("quantile stage bounds need the training examples' difficulties; got none")
+        ordered = sorted(float(d) for d in difficulties)
+
+        def at(q: float) -> float:
+            return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1]
+
+        end = at(self.end) if math.isfinite(self.end) else self.end
+        return replace(self, thresholds=tuple(at(q) for q in self.thresholds), start=at(self.start), end=end,
+                       quantiles=False)
 
     def stage(self, step: int) -> int:
         """The stage (0, 1, ...) of optimizer step ``step`` (0-based); linear/root: always 0."""
@@ -108,8 +134,8 @@ def _cumsum(values: Sequence[int]) -> Iterator[int]:
 class CurriculumSampler(Sampler[int]):
     """Indices for ``num_steps`` optimizer steps of ``global_batch`` examples each, easy to hard.
 
-    At step ``s`` the pool is the examples whose difficulty lies in ``schedule.bounds(s)``; if that
-    is empty, the ``global_batch`` easiest examples. ``global_batch`` indices are drawn from the pool
+    At step ``s`` the pool is the examples whose difficulty lies in ``schedule.bounds(s)`` (quantile
+    bounds resolved against ``difficulties`` first); if that is empty, the ``global_batch`` easiest examples. ``global_batch`` indices are drawn from the pool
     without repetition (repeating only when the pool is smaller), with a generator seeded by
     ``(seed, s)``: every process computes the same sequence and takes its own micro-batches of it.
     """
@@ -121,7 +147,8 @@ class CurriculumSampler(Sampler[int]):
         self.difficulties = torch.as_tensor(list(difficulties), dtype=torch.float64)
         self.order = torch.argsort(self.difficulties, stable=True)
         self.sorted = self.difficulties[self.order]
-        self.schedule, self.global_batch, self.num_steps, self.seed = schedule, global_batch, num_steps, seed
+        self.schedule = schedule.on_data(difficulties)
+        self.global_batch, self.num_steps, self.seed = global_batch, num_steps, seed
 
     def __len__(self) -> int:
         return self.num_steps * self.global_batch
@@ -157,8 +184,9 @@ def example_difficulties(dataset: Any) -> list[float]:
 def schedule_from_config(cfg: FinetuneConfig) -> CurriculumSchedule | None:
     """The schedule ``cfg.curriculum`` asks for (None when off).
 
-    Stage bounds are the article's (512, 1024) of 2048 tokens scaled to ``max_seq_len``
-    (``scaled_thresholds``; a recipe with ``max_seq_len: 2048`` gets the real ones).
+    Stage bounds are quantiles of the training set's difficulties (``QUANTILE_STAGES``: thirds, resolved
+    when the Trainer reads the data), so every stage has examples to train on whatever the context length;
+    the article's fixed token bounds are ``CurriculumSchedule("discrete", scaled_thresholds(max_seq_len), ...)``.
     ``curriculum_steps``: steps of each stage but the last (discrete; default a third of ``max_steps``)
     or of the ramp (linear/root; default half). Other bounds or budgets: build a ``CurriculumSchedule``.
     """
@@ -168,25 +196,28 @@ def schedule_from_config(cfg: FinetuneConfig) -> CurriculumSchedule | None:
         raise ConfigError(f"curriculum={cfg.curriculum!r}: use one of {PACINGS} (or null for none)")
     if cfg.curriculum_steps is not None and cfg.curriculum_steps < 1:
         raise ConfigError(f"curriculum_steps={cfg.curriculum_steps}: must be >= 1 (or null for the default)")
-    thresholds = scaled_thresholds(cfg.max_seq_len)
+    thresholds = QUANTILE_STAGES
     if cfg.curriculum == "discrete":
         steps = cfg.curriculum_steps or max(1, cfg.max_steps // (len(thresholds) + 1))
-        return CurriculumSchedule("discrete", thresholds, (steps,) * len(thresholds))
+        return CurriculumSchedule("discrete", thresholds, (steps,) * len(thresholds), quantiles=True)
     return CurriculumSchedule(cfg.curriculum, thresholds, ramp_steps=cfg.curriculum_steps or max(1, cfg.max_steps // 2),
-                              start=float(thresholds[0]))
+                              start=thresholds[0], quantiles=True)
 
 
 class CurriculumMixin:
     """A ``transformers.Trainer`` mixin: with ``curriculum=CurriculumSchedule(...)`` training batches follow it.
 
     Difficulties are read from the training set when the Trainer is built (``example_difficulties``),
-    before the Trainer drops columns the model does not take. ``log`` adds ``curriculum_cap``.
+    before the Trainer drops columns the model does not take, and quantile bounds resolved against them
+    (``self.curriculum`` then holds difficulties). ``log`` adds ``curriculum_cap``.
     """
 
     def __init__(self, *args: Any, curriculum: CurriculumSchedule | None = None, **kwargs: Any) -> None:
         self.curriculum = curriculum
         super().__init__(*args, **kwargs)
         self.difficulties = example_difficulties(self.train_dataset) if curriculum and self.train_dataset else None
+        if curriculum and self.difficulties:
+            self.curriculum = curriculum.on_data(self.difficulties)
 
     def curriculum_sampler(self) -> CurriculumSampler:
         """The sampler for this run: the global batch and step count come from the training arguments."""
