@@ -30,7 +30,7 @@ def build(out: Path) -> int:
     except stage.SiteError as exc:
         print(f"site: {exc}", file=sys.stderr)
         return 1
-    code = build_main(["-b", "html", "-W", "--keep-going", "-q", "-E", "-c", str(HERE), "-d", str(doctrees),
+    code = build_main(["-b", "html", "-W", "--keep-going", "-q", "-E", "-j", "auto", "-c", str(HERE), "-d", str(doctrees),
                        str(sources), str(out)])
     if code:
         print("site: Sphinx reported the warnings above (they count as errors)", file=sys.stderr)
