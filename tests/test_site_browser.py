@@ -44,9 +44,10 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
-def _png_outputs(path: Path) -> int:
+def _figures(path: Path) -> int:
+    """How many outputs of the notebook are images (a figure may carry several formats: one image on the page)."""
     nb = json.loads(path.read_text(encoding="utf-8"))
-    return sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+    return sum(any(m.startswith("image/") for m in o.get("data", {})) for c in nb["cells"] for o in c.get("outputs", []))
 
 
 def test_every_notebook_has_a_page_with_its_download_and_run_command(site):
@@ -56,7 +57,7 @@ def test_every_notebook_has_a_page_with_its_download_and_run_command(site):
         assert downloads, f"{path.name}: no download link"
         assert (site / "notebooks" / downloads[0]).read_bytes() == path.read_bytes(), f"{path.name}: the download is not the committed file"
         assert f"--output-dir build/run notebooks/{path.name}" in re.sub(r"<[^>]+>", "", html)  # code: highlighted
-        assert html.count("<img") >= _png_outputs(path) and MIME not in html
+        assert html.count("<img") >= _figures(path) and MIME not in html
 
 
 def test_the_home_page_leads_to_every_notebook_and_the_reference(site):
@@ -135,12 +136,14 @@ def _console_errors(driver) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
-def _images(driver) -> list[tuple[str, int]]:
+def _images(driver) -> list[tuple[str, bool, int]]:
+    """(src, whether it is a cell's output, natural width) of each image in the page's article, once all have loaded."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    script = "return Array.from(document.querySelectorAll('article img')).map(i => [i.currentSrc, i.complete, i.naturalWidth])"
-    WebDriverWait(driver, 30).until(lambda d: all(complete for _, complete, _ in d.execute_script(script)))
-    return [(src, width) for src, _, width in driver.execute_script(script)]
+    script = ("return Array.from(document.querySelectorAll('article img')).map(i => "
+              "[i.currentSrc, i.closest('.cell_output') !== null, i.complete, i.naturalWidth])")
+    WebDriverWait(driver, 30).until(lambda d: all(complete for *_, complete, _ in d.execute_script(script)))
+    return [(src, output, width) for src, output, _, width in driver.execute_script(script)]
 
 
 def _screenshot(driver, name: str) -> Path:
@@ -161,9 +164,10 @@ def test_pages_render_their_figures_without_console_errors(browser, server):
         assert browser.execute_script("return document.readyState") == "complete"
         images = _images(browser)
         path = ROOT / "notebooks" / f"{Path(page).stem}.ipynb"
-        if page.startswith("notebooks/") and len(images) != _png_outputs(path):
-            problems.append(f"{page}: {len(images)} images on the page, {_png_outputs(path)} figures in the notebook")
-        problems += [f"{page}: figure {src} not rendered" for src, width in images if width <= 0]
+        outputs = sum(output for _, output, _ in images)
+        if page.startswith("notebooks/") and outputs != _figures(path):
+            problems.append(f"{page}: {outputs} output images on the page, {_figures(path)} figures in the notebook")
+        problems += [f"{page}: image {src} not rendered" for src, _, width in images if width <= 0]
         problems += [f"{page}: console error {message}" for message in _console_errors(browser)]
         if page in ("index.html", "notebooks/09_compression.html"):
             print("screenshot:", _screenshot(browser, Path(page).stem))
