@@ -21,12 +21,13 @@ import check_links  # noqa: E402
 import stage  # noqa: E402
 
 
-def build(out: Path) -> int:
-    """Stage, build and check the site into ``out``; 0 when it built without a warning and every link resolves."""
+def build(out: Path, root: Path = stage.ROOT) -> int:
+    """Stage the repository at ``root``, build and check its site into ``out``; 0 when it built without a warning
+    and every link resolves."""
     t0 = time.perf_counter()
     sources, doctrees = out.with_name(out.name + "-src"), out.with_name(out.name + "-doctrees")
     try:
-        notebooks = stage.stage(sources)
+        notebooks = stage.stage(sources, root)
     except stage.SiteError as exc:
         print(f"site: {exc}", file=sys.stderr)
         return 1
@@ -46,7 +47,9 @@ def build(out: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", type=Path, default=Path("build/site"))
-    return build(parser.parse_args(argv).out)
+    parser.add_argument("--root", type=Path, default=stage.ROOT, help="the repository to build from (default: this one)")
+    args = parser.parse_args(argv)
+    return build(args.out, args.root)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,24 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
+def test_a_broken_link_or_image_fails_the_build(tmp_path):
+    """A notebook linking a page or an image that does not exist: Sphinx warns, and the warning fails the build."""
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(ROOT / "README.md", root)
+    (root / "dsnb").mkdir()  # a reference of two light modules that the real package also has (autodoc imports those)
+    for module in ("__init__.py", "cache.py"):
+        shutil.copy(ROOT / "dsnb" / module, root / "dsnb")
+    nb = json.loads(NOTEBOOKS[0].read_text(encoding="utf-8"))
+    nb["cells"].insert(1, {"cell_type": "markdown", "id": "broken", "metadata": {},
+                           "source": "See [the next one](07_gone.ipynb) and ![a plot](missing_plot.png)."})
+    (root / "notebooks" / NOTEBOOKS[0].name).write_text(json.dumps(nb), encoding="utf-8")
+    done = subprocess.run([sys.executable, "docs/build.py", str(tmp_path / "site"), "--root", str(root)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode != 0
+    assert "07_gone" in done.stderr and "missing_plot.png" in done.stderr, done.stderr[-4000:]
+
+
 def _figures(path: Path) -> int:
     """How many outputs of the notebook are images (a figure may carry several formats: one image on the page)."""
     nb = json.loads(path.read_text(encoding="utf-8"))
