@@ -1,6 +1,7 @@
 """The course site, built as ``make site`` builds it and opened in Debian's headless Chromium.
 
-The build (docs/build.py: warnings are errors, every internal link and image checked) runs once for the module.
+The build (docs/build.py: warnings are errors, every internal link and image checked) runs once for the module;
+a second, small build shows that a broken link fails it.
 The browser opens the home page and every notebook page over HTTP, checks that each figure the notebook's
 outputs hold is rendered (natural width > 0) and that nothing was logged as a console error, searches for "GPTQ"
 and expects notebook 09's page among the results, and saves screenshots of two pages in build/site-screenshots/.
