@@ -31,3 +31,4 @@ def test_solutions(capsys):
     nb08.solution(2)
     out = capsys.readouterr().out
     assert "503,316,480" in out and f"{nb08.expected_checkpointing_saving():.1%}" in out
+    assert "this 32-layer model" in out  # deepseek-coder-6.7b's config, not deepseek-llm-7b's 30

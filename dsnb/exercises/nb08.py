@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dsnb.exercises import Solutions, check_number
 from dsnb.plan.memory import TrainingPlan, estimate_training_memory
+from dsnb.plan.shape import load_model_config
 
 SOLUTIONS = Solutions("08")
 solution = SOLUTIONS.show
@@ -64,12 +65,13 @@ def _solution_2() -> str:
     plan = TrainingPlan(seq_len=EX2_SEQ_LEN)
     a = estimate_training_memory(EX2_MODEL, plan).activations / 2**30
     b = estimate_training_memory(EX2_MODEL, plan, gradient_checkpointing=True).activations / 2**30
+    layers = load_model_config(EX2_MODEL)["config"]["num_hidden_layers"]
     return f"""
 Without checkpointing every layer keeps all its saved tensors until backward; with it, each layer keeps
 only its input (batch × seq × hidden in bf16) and one layer is recomputed at a time during backward.
 notebook 00's estimator, {EX2_MODEL}, batch 1 × {EX2_SEQ_LEN}, bf16 mixed precision:
   activations without: {a:.2f} GiB, with checkpointing: {b:.2f} GiB (the recomputed layer included)
   saving = 1 − {b:.2f} / {a:.2f} = {1 - b / a:.1%}
-The saving grows with depth: a 30-layer model keeps 30 layer inputs + 1 layer instead of 30 layers.
+The saving grows with depth: this {layers}-layer model keeps {layers} layer inputs + 1 layer instead of {layers} layers.
 The tiny model in the notebook has only 4 layers, so the recomputed layer is a large part of what remains.
 """
