@@ -12,7 +12,7 @@ import dsnb
 
 project = "dsnb"
 author = "the dsnb course authors"
-copyright = "the dsnb course authors, Apache-2.0"  # noqa: A001 (Sphinx's name for it)
+copyright = "the dsnb course authors, Apache-2.0"
 release = version = dsnb.__version__
 
 extensions = ["myst_nb", "sphinx.ext.autodoc"]
@@ -20,7 +20,7 @@ source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-n
 # ipynb/ holds the untouched notebooks the download links point at: files to copy, not pages.
 exclude_patterns = ["ipynb/**", "**/.ipynb_checkpoints"]
 
-# The pages show the outputs committed with the notebooks, from the run that CI checked.
+# The pages show the outputs committed with the notebooks (one top-to-bottom run of each); nothing runs here.
 nb_execution_mode = "off"
 nb_merge_streams = True
 myst_enable_extensions = ["colon_fence"]
