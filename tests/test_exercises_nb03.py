@@ -10,36 +10,41 @@ from transformers import DeepseekV3ForCausalLM
 from dsnb.exercises import nb03
 from dsnb.model.lora import lora_target_modules
 from dsnb.model.pretrain import tiny_deepseek_config
-from dsnb.train.schedules import warmup_linear_floor_lr
+from dsnb.train.schedules import library_lr_curve, warmup_linear_floor_lr
 
 
-def test_lr_at_step(capsys):
-    right = warmup_linear_floor_lr(5_250, 3e-5, 500, 10_000, 1e-6)
-    assert abs(right - 1.55e-5) < 1e-9
-    assert nb03.check_lr_at_step(right)
-    assert not nb03.check_lr_at_step(3e-5)
-    assert not nb03.check_lr_at_step(None)
+def test_run_length_from_the_logged_lr(capsys):
+    peak, warmup, total = nb03.EX1_RUN
+    curve = library_lr_curve(peak, warmup, total, nb03.EX1_FLOOR)  # transformers' scheduler, step by step
+    for step, logged in nb03.EX1_LOGGED:  # the question's dashboard figures are the run's own
+        assert abs(curve[step] - logged) < 1e-12 + 1e-9 * logged
+        assert abs(warmup_linear_floor_lr(step, peak, warmup, total, nb03.EX1_FLOOR) - logged) < 1e-12
+    assert abs(nb03.expected_total_steps() - total) < 1e-6
+    assert nb03.check_total_steps(total)
+    assert not nb03.check_total_steps(10_000)  # the article's run, not this one
+    assert not nb03.check_total_steps(nb03.EX1_LOGGED[1][0])  # the last logged step
+    assert not nb03.check_total_steps(None)
     assert "Hint" in capsys.readouterr().out
 
 
-def test_accumulation():
-    assert nb03.check_accumulation(4)  # 128 / (4 x 8)
-    assert not nb03.check_accumulation(32)  # forgot the GPUs
-    assert not nb03.check_accumulation(1)
+def test_tokens_per_step():
+    assert nb03.expected_tokens_per_step() == 4 * 6 * 8 * 4096
+    assert nb03.check_tokens_per_step(786_432)
+    assert not nb03.check_tokens_per_step(4 * 8 * 4096)  # accumulation forgotten
+    assert not nb03.check_tokens_per_step(4 * 6 * 4096)  # the GPUs forgotten
 
 
-def test_lora_share_by_hand_matches_peft():
+def test_lora_parameters_by_hand_match_peft():
     torch.manual_seed(0)
     model = DeepseekV3ForCausalLM(tiny_deepseek_config())
     base_n = sum(p.numel() for p in model.parameters())
     targets = set(lora_target_modules(model))
     lora_n = sum(32 * (m.in_features + m.out_features) for name, m in model.named_modules()
                  if isinstance(m, nn.Linear) and name.split(".")[-1] in targets and ".layers." in name)
-    right = lora_n / (base_n + lora_n)
-    assert abs(nb03.expected_lora_share(model) - right) < 1e-9
-    assert nb03.check_lora_share(right, model)
-    rank8 = lora_n / 4 / (base_n + lora_n / 4)  # the notebook's printed share (rank 8)
-    assert not nb03.check_lora_share(rank8, model)
+    assert nb03.expected_lora_parameters(model) == lora_n
+    assert nb03.check_lora_parameters(lora_n, model) and nb03.check_lora_parameters(lora_n)  # default: the tiny shape
+    assert not nb03.check_lora_parameters(lora_n / 4, model)  # the notebook's rank 8
+    assert not nb03.check_lora_parameters(lora_n / (base_n + lora_n), model)  # a share, not a count
     assert sum(p.numel() for p in model.parameters()) == base_n  # the check works on a copy
 
 
@@ -47,4 +52,4 @@ def test_solutions(capsys):
     for n in (1, 2, 3):
         nb03.solution(n)
     out = capsys.readouterr().out
-    assert "1.55e-05" in out and "= 4" in out and "r·(in + out)" in out
+    assert "3,350" in out and "786,432" in out and "r·(in + out)" in out

@@ -1,7 +1,7 @@
 """Exercise checks and worked solutions for notebook 03 (supervised fine-tuning).
 
 Expected values are computed by dsnb and the libraries. The questions move the notebook's settings
-elsewhere (the article's real-scale schedule, a multi-GPU recipe, another LoRA rank), so the page
+elsewhere (another run's logged learning rates, a multi-GPU recipe, another LoRA rank), so the page
 does not print their answers.
 """
 
@@ -9,84 +9,108 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from dsnb.exercises import Solutions, check_number
 from dsnb.model.lora import apply_lora
 from dsnb.train.config import effective_batch
-from dsnb.train.schedules import REAL_FLOOR_LR, REAL_PEAK_LR, REAL_WARMUP_STEPS, warmup_linear_floor_lr
+from dsnb.train.schedules import warmup_linear_floor_lr
 
 SOLUTIONS = Solutions("03")
 solution = SOLUTIONS.show
 
-#: The real-scale run exercise 1 talks about, and the step it asks for.
-REAL_TOTAL, EX1_STEP = 10_000, 5_250
-#: Exercise 2: global batch, GPUs and per-device batch of the recipe.
-EX2_GLOBAL, EX2_GPUS, EX2_PER_DEVICE = 128, 8, 4
+#: Exercise 1: another team's LoRA run, warmup then a straight line down to EX1_FLOOR at its last step.
+#: Its dashboard shows the learning rate at two steps (EX1_LOGGED); the run's length is the question.
+EX1_FLOOR = 2e-6
+EX1_LOGGED = ((1_750, 1.01e-4), (2_550, 5.15e-5))
+#: The run those figures were logged from (peak, warmup, total steps): the test checks the logged values.
+EX1_RUN = (2e-4, 150, 3_350)
+#: Exercise 2: a recipe's GPUs, sequences per GPU, accumulation steps and sequence length (packed, no padding).
+EX2_GPUS, EX2_PER_DEVICE, EX2_ACCUMULATION, EX2_SEQ_LEN = 8, 4, 6, 4096
 #: Exercise 3: the LoRA rank asked about (the notebook trains rank 8, attention and MLPs, no experts).
 EX3_RANK = 32
 
 
-def expected_lr(step: int = EX1_STEP) -> float:
-    """The article's schedule (3e-5 peak, 500 warmup, linear to 1e-6 at 10 000 steps) at ``step``."""
-    return warmup_linear_floor_lr(step, REAL_PEAK_LR, REAL_WARMUP_STEPS, REAL_TOTAL, REAL_FLOOR_LR)
+def expected_total_steps(logged: tuple[tuple[int, float], ...] = EX1_LOGGED, floor: float = EX1_FLOOR) -> float:
+    """The step at which the straight line through two logged (step, LR) points reaches the floor.
+
+    Fitted by least squares (``torch.linalg.lstsq``) on the logged points, so more points work too.
+    """
+    steps = torch.tensor([[float(s), 1.0] for s, _ in logged], dtype=torch.float64)
+    lrs = torch.tensor([[lr] for _, lr in logged], dtype=torch.float64)
+    slope, intercept = torch.linalg.lstsq(steps, lrs).solution[:, 0].tolist()
+    if slope >= 0:
+        raise ValueError(f"the logged learning rates {logged} do not decay: no step reaches the floor {floor:g}")
+    return (floor - intercept) / slope
 
 
-def check_lr_at_step(answer: float | None) -> bool:
-    """Exercise 1: the article's schedule at step 5 250."""
-    return check_number("1 (learning rate)", answer, expected_lr(), rel_tol=0.01,
-                        hint="past warmup the LR falls on a straight line from 3e-5 at step 500 to 1e-6 at step 10 000.")
+def check_total_steps(answer: float | None) -> bool:
+    """Exercise 1: the length (max_steps) of the run whose LR dashboard shows EX1_LOGGED."""
+    return check_number("1 (run length from the logged LR)", answer, expected_total_steps(), rel_tol=0.01,
+                        hint="after warmup the LR falls on a straight line that ends at the floor on the last step: "
+                             "get its slope from the two logged points and follow it down to the floor.")
 
 
 @SOLUTIONS.register(1)
 def _solution_1() -> str:
-    frac = (EX1_STEP - REAL_WARMUP_STEPS) / (REAL_TOTAL - REAL_WARMUP_STEPS)
+    (s1, lr1), (s2, lr2) = EX1_LOGGED
+    slope = (lr2 - lr1) / (s2 - s1)
     return f"""
-Step {EX1_STEP:,} is past the {REAL_WARMUP_STEPS} warmup steps, so the LR is on the straight line from
-{REAL_PEAK_LR:g} (step {REAL_WARMUP_STEPS}) to {REAL_FLOOR_LR:g} (step {REAL_TOTAL:,}):
-  progress = ({EX1_STEP} − {REAL_WARMUP_STEPS}) / ({REAL_TOTAL} − {REAL_WARMUP_STEPS}) = {frac:.3f}
-  lr = {REAL_PEAK_LR:g} − progress × ({REAL_PEAK_LR:g} − {REAL_FLOOR_LR:g}) = {expected_lr():.4g}
-(warmup_linear_floor_lr({EX1_STEP}, 3e-5, 500, 10_000, 1e-6), which the notebook checks equals
-transformers' polynomial schedule with power 1.)
+Both logged steps are past warmup, so they lie on the decay line, which reaches the floor at the last step:
+  slope = ({lr2:g} − {lr1:g}) / ({s2:,} − {s1:,}) = {slope:.4g} per step
+  last step = {s2:,} + ({EX1_FLOOR:g} − {lr2:g}) / slope = {expected_total_steps():,.0f}
+Check against the schedule itself: warmup_linear_floor_lr(step, peak, warmup, {expected_total_steps():,.0f}, \
+{EX1_FLOOR:g}) with the run's peak {EX1_RUN[0]:g} and {EX1_RUN[1]} warmup steps gives \
+{warmup_linear_floor_lr(s1, EX1_RUN[0], EX1_RUN[1], EX1_RUN[2], EX1_FLOOR):.4g} at step {s1:,}. Reading a schedule off a \
+dashboard this way tells you how long a run was planned for, and whether a restarted run kept its schedule.
 """
 
 
-def expected_accumulation(global_batch: int = EX2_GLOBAL, gpus: int = EX2_GPUS, per_device: int = EX2_PER_DEVICE) -> int:
-    """Accumulation steps that make ``per_device`` × steps × ``gpus`` equal ``global_batch``."""
-    steps = global_batch // (per_device * gpus)
-    if effective_batch(per_device, steps, gpus) != global_batch:
-        raise ValueError(f"{global_batch} is not a multiple of {per_device} × {gpus}")
-    return steps
+def expected_tokens_per_step(gpus: int = EX2_GPUS, per_device: int = EX2_PER_DEVICE,
+                             accumulation: int = EX2_ACCUMULATION, seq_len: int = EX2_SEQ_LEN) -> int:
+    """Tokens one optimizer step trains on: the effective batch (``effective_batch``) times the packed length."""
+    return effective_batch(per_device, accumulation, gpus) * seq_len
 
 
-def check_accumulation(answer: float | None) -> bool:
-    """Exercise 2: accumulation steps for a global batch of 128 on 8 GPUs holding 4 sequences each."""
-    return check_number("2 (accumulation steps)", answer, expected_accumulation(), rel_tol=0,
-                        hint="effective batch = per-device batch × accumulation steps × processes; solve for the steps.")
+def check_tokens_per_step(answer: float | None) -> bool:
+    """Exercise 2: tokens per optimizer step of the EX2_* recipe (packed sequences)."""
+    return check_number("2 (tokens per optimizer step)", answer, expected_tokens_per_step(), rel_tol=0.01,
+                        hint="first the effective batch in sequences (per device × accumulation × processes), "
+                             "then every packed sequence is full.")
 
 
 @SOLUTIONS.register(2)
 def _solution_2() -> str:
+    batch = effective_batch(EX2_PER_DEVICE, EX2_ACCUMULATION, EX2_GPUS)
     return f"""
-effective batch = per device × accumulation × processes, so
-  accumulation = {EX2_GLOBAL} / ({EX2_PER_DEVICE} × {EX2_GPUS}) = {expected_accumulation()}
-Check: dsnb.train.config.effective_batch({EX2_PER_DEVICE}, {expected_accumulation()}, {EX2_GPUS}) = \
-{effective_batch(EX2_PER_DEVICE, expected_accumulation(), EX2_GPUS)}.
-A recipe's global_batch_size does this division and refuses a global batch that the GPUs do not divide.
+effective batch = per device × accumulation × processes = {EX2_PER_DEVICE} × {EX2_ACCUMULATION} × {EX2_GPUS} = {batch} sequences
+(dsnb.train.config.effective_batch), and packed sequences are full, so
+  tokens per step = {batch} × {EX2_SEQ_LEN:,} = {expected_tokens_per_step():,}
+Papers quote batch sizes in tokens; this is how a recipe's three numbers turn into one. Without packing,
+padding makes the trained tokens fewer: count the answer tokens (label != -100) instead.
 """
 
 
-def expected_lora_share(model: nn.Module, r: int = EX3_RANK) -> float:
-    """Share (0-1) of parameters trainable after adding LoRA of rank ``r`` to a copy of ``model``."""
-    adapted = apply_lora(copy.deepcopy(model), r=r, alpha=2 * r)
-    return adapted.num_parameters(only_trainable=True) / adapted.num_parameters()
+def expected_lora_parameters(model: nn.Module, r: int = EX3_RANK) -> int:
+    """Parameters LoRA of rank ``r`` trains on a copy of ``model`` (the notebook's targets, peft counts them)."""
+    return apply_lora(copy.deepcopy(model), r=r, alpha=2 * r).num_parameters(only_trainable=True)
 
 
-def check_lora_share(answer: float | None, model: nn.Module) -> bool:
-    """Exercise 3: the share of parameters LoRA trains on ``model`` at rank 32 (same targets as the notebook)."""
-    return check_number("3 (LoRA share at rank 32)", answer, expected_lora_share(model), rel_tol=0.05,
-                        hint="each adapted nn.Linear(in, out) gets r·(in + out) parameters; the share is adapter "
-                             "parameters / (base parameters + adapter parameters).")
+def check_lora_parameters(answer: float | None, model: nn.Module | None = None) -> bool:
+    """Exercise 3: how many parameters LoRA trains on ``model`` at rank 32 (same targets as the notebook).
+
+    Without ``model``: the course's tiny DeepSeek-V3 shape (the count depends on the shapes, not the weights).
+    """
+    if model is None:
+        from transformers import DeepseekV3ForCausalLM
+
+        from dsnb.model.pretrain import tiny_deepseek_config
+
+        model = DeepseekV3ForCausalLM(tiny_deepseek_config())
+    return check_number("3 (LoRA parameters at rank 32)", answer, expected_lora_parameters(model), rel_tol=0.01,
+                        hint="each adapted nn.Linear(in, out) gets r·(in + out) parameters; sum over the targets "
+                             "(lora.lora_target_modules(base) names them).")
 
 
 @SOLUTIONS.register(3)
@@ -94,12 +118,11 @@ def _solution_3() -> str:
     return f"""
 LoRA adds A (r × in) and B (out × r) beside each targeted nn.Linear(in, out): r·(in + out) parameters.
 Summed over the targets (lora_target_modules(model): attention and MLP projections, routers and routed
-experts left out) and divided by all parameters, adapters included:
+experts left out):
   from dsnb.model.lora import lora_target_modules
-  base_n = sum(p.numel() for p in base.parameters())
   lora_n = sum({EX3_RANK} * (m.in_features + m.out_features) for name, m in base.named_modules()
                if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in lora_target_modules(base))
-  share = lora_n / (base_n + lora_n)
-Rank {EX3_RANK} is 4× the notebook's rank 8, so the adapters are 4× as large; the share is a little under 4×
-the printed one because the total grows too. Computed: nb03.expected_lora_share(base) (peft on a copy).
+Rank {EX3_RANK} is 4× the notebook's rank 8, so the adapters are exactly 4× as large: the count grows
+linearly with r, while the share of the whole model grows a little less (the total grows too).
+Computed: nb03.expected_lora_parameters(base) (peft on a copy).
 """
