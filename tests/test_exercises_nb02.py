@@ -1,36 +1,45 @@
-"""Notebook 02's exercise checks accept the right answers and reject wrong ones, including the
-duplicate rate of the sample rows the notebook deduplicates on the page."""
+"""Notebook 02's exercise checks accept the right answers and reject wrong ones, including the figures the
+page itself uses (its 0.8 threshold, its batch of 16)."""
 
 from __future__ import annotations
 
+import pytest
+
+from dsnb.data.dialogue import batch_distinct_n
 from dsnb.exercises import nb02
 
 
-def test_duplicate_rate_exercise(capsys):
-    assert nb02.check_duplicate_rate(3 / 10)  # two exact copies, one near copy
-    assert not nb02.check_duplicate_rate(2 / 10)  # exact duplicates only
-    assert not nb02.check_duplicate_rate(4 / 10)  # the one-word change ("bytes" -> "characters") is no duplicate
-    assert not nb02.check_duplicate_rate(3 / 8)  # the sample file's rate, shown in the notebook
-    assert not nb02.check_duplicate_rate(None)
+def test_threshold_exercise(capsys):
+    # 12 words, 10 word 3-grams each; "raise" -> "raises" changes 3 of them: 7 shared of 13
+    assert nb02.highest_removing_threshold() == pytest.approx(7 / 13)
+    assert nb02.check_threshold(7 / 13)
+    assert not nb02.check_threshold(0.8)  # the page's threshold misses two of the pairs
+    assert not nb02.check_threshold(0.857)  # the most similar pair, not the least
+    assert not nb02.check_threshold(None)
     assert "Hint" in capsys.readouterr().out
     assert nb02.duplicate_sample_texts() == nb02.DUPLICATE_TEXTS
-    assert not set(nb02.EXERCISE_TEXTS) & set(nb02.DUPLICATE_TEXTS)
 
 
-def test_distinct_2_exercise():
-    # bigrams: how-do do-i i-copy copy-a a-file | how-do do-i i-move move-a a-file |
-    # what-does does-shutil shutil-copy copy-do | explain-shutil shutil-move -> 13 distinct of 16
-    assert nb02.check_distinct_2(13 / 16)
-    assert not nb02.check_distinct_2(0.5)
+def test_distinct_1_exercise():
+    right = batch_distinct_n(nb02.QUERY_LOG, 1, batch=8)
+    assert nb02.check_distinct_1(right)
+    assert not nb02.check_distinct_1(batch_distinct_n(nb02.QUERY_LOG, 1, batch=16))  # the page's batch
+    assert not nb02.check_distinct_1(batch_distinct_n(nb02.QUERY_LOG, 2, batch=8))  # word pairs
+    assert len(nb02.QUERY_LOG) == 40 and len(set(nb02.QUERY_LOG)) == 40
 
 
-def test_complexity_exercise():
-    assert nb02.check_complexity(7)
-    assert not nb02.check_complexity(6)
+def test_kept_share_exercise():
+    assert nb02.check_kept_share(3 / 7)  # newest, human, Tree.files
+    assert not nb02.check_kept_share(4 / 7)  # "kind" has complexity 3: "> 3" is strict
+    assert nb02.kept_share(above=2) == pytest.approx(4 / 7)
 
 
 def test_solutions(capsys):
     for n in (1, 2, 3):
         nb02.solution(n)
     out = capsys.readouterr().out
-    assert "= 3 / 10 = 0.30" in out and "13 / 16" in out and "1 + 6 = 7" in out
+    assert f"{nb02.highest_removing_threshold():.4f}" in out
+    assert f"{batch_distinct_n(nb02.QUERY_LOG, 1, batch=8):.4f}" in out
+    assert "3 of 7" in out
+    with pytest.raises(ValueError):
+        nb02.solution(4)

@@ -1,16 +1,18 @@
 """Exercise checks and worked solutions for notebook 02 (data preparation).
 
-Expected values are computed by dsnb. Exercise 1 uses rows the notebook does not deduplicate on the
-page (``EXERCISE_TEXTS``, not the sample file the notebook shows).
+Expected values are computed by dsnb. Each exercise applies a tool of the page to a setting the page does
+not show: a near-duplicate threshold set for another corpus's pairs, the per-batch diversity figure of another
+run's log at its batch size, and the complexity rule on a module the page does not chunk.
 """
 
 from __future__ import annotations
 
 import json
+import random
 
-from dsnb.data.codeprep import complexity
-from dsnb.data.dedup import deduplicate, duplicate_rate, jaccard, normalize
-from dsnb.data.dialogue import distinct_n, diversity_words
+from dsnb.data.codeprep import chunk_source
+from dsnb.data.dedup import jaccard
+from dsnb.data.dialogue import batch_distinct_n
 from dsnb.data.records import samples_dir
 from dsnb.exercises import Solutions, check_number
 
@@ -29,102 +31,154 @@ DUPLICATE_TEXTS = [
     "Split a pathname into a pair (head, tail) where tail is everything after the final slash.",
 ]
 
-#: Exercise 1: the share of these rows that repeat an earlier row (exactly or nearly, Jaccard >= 0.8).
-EXERCISE_TEXTS = [
-    "Open a file and return a stream; raise OSError upon failure.",
-    "Read and return at most size bytes from the stream.",
-    "open a file and return a stream;  raise OSError upon failure.",
-    "Return the canonical path of the specified filename, eliminating any symbolic links encountered in the path.",
-    "Read and return at most size characters from the stream.",
-    "Return the canonical path of the specified filename, eliminating any symbolic links encountered in the path "
-    "string.",
-    "Write the given bytes to the underlying raw stream and return the number of bytes written.",
-    "Flush the write buffers of the stream if applicable.",
-    "Read and return at most size bytes from the stream.",
-    "Close the stream; further operations on it raise ValueError.",
+#: Exercise 1: pairs a reviewer marked as the same text (reformatted, a word inflected or added) ...
+DROP_PAIRS = [
+    ("Return the number of items in the container.", "Return the number of items in the container object."),
+    ("Raise KeyError if the key is not found in the mapping.", "Raises KeyError if the key is not found in the mapping."),
+    ("Close the file and raise ValueError if the file is already closed.",
+     "Close the file and raises ValueError if the file is already closed."),
+]
+#: ... and pairs that say different things.
+KEEP_PAIRS = [
+    ("Return the number of items in the container.", "Return the number of bytes in the buffer."),
+    ("Read and return at most size bytes from the stream.", "Read and return at most size characters from the stream."),
+    ("Return True if the path is an existing regular file.", "Return True if the path is an existing directory."),
 ]
 
-#: Exercise 2: distinct-2 of these queries.
-QUERIES = [
-    "How do I copy a file?",
-    "How do I move a file?",
-    "What does shutil.copy do?",
-    "Explain shutil.move.",
-]
 
-#: Exercise 3: the cyclomatic complexity of this function.
-FUNCTION = '''def classify(n, strict=False):
-    if n < 0 and strict:
-        raise ValueError("negative")
-    for d in (2, 3, 5):
-        if n % d == 0:
-            return d
-    while n > 100:
-        n //= 2
-    return n if n else None
-'''
+def highest_removing_threshold(pairs: list[tuple[str, str]] = DROP_PAIRS) -> float:
+    """The highest near-duplicate threshold (word 3-gram Jaccard ≥ it) at which every pair counts as a duplicate."""
+    return min(jaccard(a, b) for a, b in pairs)
 
 
-def check_duplicate_rate(answer: float | None) -> bool:
-    """Exercise 1: the share of EXERCISE_TEXTS that repeat an earlier text (exactly or nearly)."""
-    return check_number("02.1 duplicate rate", answer, duplicate_rate(EXERCISE_TEXTS), rel_tol=0.01,
-                        hint="count rows equal to an earlier one after normalising case and spaces, plus near "
-                             "copies whose word-3-gram Jaccard similarity is at least 0.8 (one changed word in "
-                             "a short sentence is far below that); divide by the number of rows.")
+def check_threshold(answer: float | None) -> bool:
+    """Exercise 1: the highest NEAR_DUP_THRESHOLD at which dsnb's near-duplicate rule removes every DROP pair."""
+    return check_number("02.1 near-duplicate threshold", answer, highest_removing_threshold(), rel_tol=0.01,
+                        hint="a pair is a near duplicate when its word 3-gram Jaccard similarity (dsnb.data.dedup.jaccard) "
+                             "is at least the threshold: the threshold can be no higher than the least similar pair.")
 
 
 @SOLUTIONS.register(1)
 def _solution_1() -> str:
-    result = deduplicate(EXERCISE_TEXTS, threshold=0.8)
-    lines = [f"  row {d.index} repeats row {d.of} ({d.kind}, Jaccard {jaccard(EXERCISE_TEXTS[d.index], EXERCISE_TEXTS[d.of]):.2f})"
-             for d in result.removed]
-    close = jaccard(EXERCISE_TEXTS[1], EXERCISE_TEXTS[4])
+    drop = [jaccard(a, b) for a, b in DROP_PAIRS]
+    keep = [jaccard(a, b) for a, b in KEEP_PAIRS]
+    t = highest_removing_threshold()
+    caught = [f"{b!r} ({j:.3f})" for (_, b), j in zip(KEEP_PAIRS, keep, strict=True) if j >= t]
     return f"""
-Normalise (case, Unicode, runs of spaces): rows whose normal form equals an earlier one are exact copies,
-e.g. normalize(row 2) == normalize(row 0): {normalize(EXERCISE_TEXTS[2]) == normalize(EXERCISE_TEXTS[0])}.
-Near copies: Jaccard similarity of the sets of word 3-grams >= 0.8.
-""" + "\n".join(lines) + f"""
-Row 4 changes one word of row 1 ("bytes" -> "characters"): in a 10-word sentence that breaks 3 of the
-8 3-grams, Jaccard {close:.2f}, so it is kept (and it says something different).
-  duplicate rate = {len(result.removed)} / {len(EXERCISE_TEXTS)} = {duplicate_rate(EXERCISE_TEXTS):.2f}
-  (dsnb.data.dedup.duplicate_rate(nb02.EXERCISE_TEXTS))
+Near duplicates are pairs whose word 3-gram Jaccard similarity is at least the threshold (dedup.jaccard):
+  DROP pairs: {", ".join(f"{j:.3f}" for j in drop)}  -> every one is removed only for a threshold <= {t:.4f}
+  KEEP pairs: {", ".join(f"{j:.3f}" for j in keep)}
+One inflected word ("raise" -> "raises") in the middle of a 12-word sentence changes 3 of its 10 3-grams, so that
+pair sits at {t:.3f}, far below the page's 0.8. At {t:.3f} the rule would also remove the KEEP pair(s)
+{"; ".join(caught) or "none"}: no threshold separates these two lists, because 3-gram Jaccard sees how many
+words changed, not what they mean. Set the band from pairs like these drawn from your own corpus; to catch
+inflections, normalise (lemmatise) before shingling rather than lowering the threshold.
 """
 
 
-def check_distinct_2(answer: float | None) -> bool:
-    """Exercise 2: distinct-2 of QUERIES (punctuation not counted)."""
-    return check_number("02.2 distinct-2", answer, distinct_n(QUERIES, 2), rel_tol=0.01,
-                        hint="list every pair of neighbouring lower-cased words in every query; "
-                             "distinct ones / all of them.")
+#: Exercise 2: a query log of another run, 5 templates over 8 functions, in the order the sampler gives it.
+_TEMPLATES = ("How do I use {f}?", "What does {f} return?", "Show me an example of {f}.",
+              "Why does {f} raise an error?", "Is {f} thread-safe?")
+_FUNCTIONS = ("os.path.join", "shutil.copy", "json.loads", "re.sub", "itertools.chain", "functools.reduce",
+              "pathlib.Path.glob", "subprocess.run")
+QUERY_LOG = random.Random(3).sample([t.format(f=f) for t in _TEMPLATES for f in _FUNCTIONS],
+                                    len(_TEMPLATES) * len(_FUNCTIONS))
+#: Exercise 2: that run's batch of queries per device.
+EX2_BATCH = 8
+
+
+def check_distinct_1(answer: float | None) -> bool:
+    """Exercise 2: distinct-1 per batch of EX2_BATCH of QUERY_LOG, in its order."""
+    return check_number("02.2 distinct-1 per batch", answer, batch_distinct_n(QUERY_LOG, 1, batch=EX2_BATCH),
+                        rel_tol=0.01, hint="the page's per-batch rule (dsnb.data.dialogue.batch_distinct_n) with "
+                        "batch=8: distinct words / all words in each consecutive batch of 8 queries, averaged.")
 
 
 @SOLUTIONS.register(2)
 def _solution_2() -> str:
-    grams = [tuple(w[i : i + 2]) for q in QUERIES for w in [diversity_words(q)] for i in range(len(w) - 1)]
-    return """
-Words: lower-cased, punctuation dropped, so "shutil.copy" is two words:
-""" + "\n".join(f"  {q!r} -> {diversity_words(q)}" for q in QUERIES) + f"""
-Word pairs: {len(grams)} in all; distinct ones: {len(set(grams))} ("how do", "do i" and "a file" repeat).
-  distinct-2 = {len(set(grams))} / {len(grams)} = {distinct_n(QUERIES, 2):.4f}   (dsnb.data.dialogue.distinct_n(QUERIES, 2))
+    per = {b: batch_distinct_n(QUERY_LOG, 1, batch=b) for b in (8, 16, len(QUERY_LOG))}
+    return f"""
+Per batch of {EX2_BATCH} queries (consecutive, in the log's order), distinct-1 = distinct words / all words, then
+the mean over the {len(QUERY_LOG) // EX2_BATCH} batches:
+  dsnb.data.dialogue.batch_distinct_n(nb02.QUERY_LOG, 1, batch={EX2_BATCH}) = {per[8]:.4f}
+The same log per batch of 16 gives {per[16]:.4f}, and over all {len(QUERY_LOG)} queries {per[len(QUERY_LOG)]:.4f}:
+the figure falls as the batch grows, so "distinct > 0.7" must name its batch. At 8 this log
+{"passes" if per[8] > 0.7 else "fails"} 0.7; five templates repeat their words in every batch.
 """
 
 
-def check_complexity(answer: int | None) -> bool:
-    """Exercise 3: radon's cyclomatic complexity of FUNCTION."""
-    return check_number("02.3 complexity", answer, complexity(FUNCTION), rel_tol=0.0,
-                        hint="1 + one per if, for, while, boolean operator and conditional expression.")
+#: Exercise 3: a small module to chunk (functions, and a class whose methods become chunks of their own).
+MODULE_SOURCE = '''import os
+
+
+def ext(path):
+    return os.path.splitext(path)[1]
+
+
+def kind(path):
+    if os.path.islink(path):
+        return "link"
+    return "dir" if os.path.isdir(path) else "file"
+
+
+def newest(paths):
+    best = None
+    for p in paths:
+        if best is None or os.path.getmtime(p) > os.path.getmtime(best):
+            best = p
+    return best
+
+
+def human(size):
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}"
+        size /= 1024
+    return f"{size:.0f} TB" if size < 1024 else "huge"
+
+
+class Tree:
+    def __init__(self, top):
+        self.top = top
+
+    def files(self, suffix=None, hidden=False):
+        for root, dirs, names in os.walk(self.top):
+            for name in names:
+                if name.startswith(".") and not hidden:
+                    continue
+                if suffix and not name.endswith(suffix):
+                    continue
+                yield os.path.join(root, name)
+
+    def size(self):
+        return sum(os.path.getsize(f) for f in self.files())
+'''
+
+
+def kept_share(source: str = MODULE_SOURCE, above: int = 3) -> float:
+    """Share of ``source``'s chunks (dsnb.data.codeprep.chunk_source) whose complexity is above ``above``."""
+    chunks = chunk_source(source, "tree.py").chunks
+    return sum(c.complexity > above for c in chunks) / len(chunks)
+
+
+def check_kept_share(answer: float | None) -> bool:
+    """Exercise 3: the share of MODULE_SOURCE's chunks that the article's "complexity > 3" rule keeps."""
+    return check_number("02.3 share kept by complexity > 3", answer, kept_share(), rel_tol=0.01,
+                        hint="chunk it as the page does (codeprep.chunk_source): each function and each method is a "
+                             "chunk; keep those whose complexity is above 3 (not 3 itself).")
 
 
 @SOLUTIONS.register(3)
 def _solution_3() -> str:
+    chunks = chunk_source(MODULE_SOURCE, "tree.py").chunks
+    rows = "\n".join(f"  {c.qualname:15s} complexity {c.complexity}{'  kept' if c.complexity > 3 else ''}" for c in chunks)
     return f"""
-Cyclomatic complexity = 1 + one per decision point:
-  if n < 0 and strict      -> +1 (if) +1 (the boolean operator 'and')
-  for d in (2, 3, 5)       -> +1
-  if n % d == 0            -> +1
-  while n > 100            -> +1
-  n if n else None         -> +1 (conditional expression)
-  1 + 6 = {complexity(FUNCTION)}   (dsnb.data.codeprep.complexity, which asks radon) -> in the "> 3" subset.
+codeprep.chunk_source cuts the module into its functions and the class's methods (a method chunk carries the
+class header and the imports); radon scores each:
+{rows}
+Kept: {sum(c.complexity > 3 for c in chunks)} of {len(chunks)} = {kept_share():.4f}. `kind` sits at exactly 3 (one if, one conditional
+expression) and is dropped: "> 3" is strict. The class as a whole would score the sum of its methods, but the
+rule sees methods, so `Tree.files` is kept and the two trivial methods beside it are not.
 """
 
 
