@@ -34,6 +34,9 @@ SMALL_INTEGER = 100
 NUMBER = re.compile(r"(?<![\w.])[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?%?(?![A-Za-z_])")
 
 
+URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.I)
+
+
 def exercise_modules() -> list[str]:
     """Every ``dsnb.exercises.nbNN`` module, found on disk."""
     return sorted(m.name for m in pkgutil.iter_modules(dsnb.exercises.__path__) if re.fullmatch(r"nb\d\d", m.name))
@@ -93,7 +96,7 @@ def numbers(text: str) -> Iterator[tuple[str, float, float]]:
     A percentage also counts as its fraction; trailing zeros of a whole number are not significant
     ("120" may be any of 115-125).
     """
-    for m in NUMBER.finditer(text):
+    for m in NUMBER.finditer(URL.sub(" ", text)):  # a URL's port or path is no quantity
         token = m.group()
         raw = token.replace(",", "").replace("−", "-").rstrip("%")
         mantissa, _, exponent = raw.lower().partition("e")
@@ -193,6 +196,7 @@ def test_catches_a_planted_number():
     assert leaks(answer, "top-32 logits for 1e+10 tokens: 1.88 TB") == []  # outside the 2% tolerance
     assert leaks(Accepted("m", "c", 0.1563, rel_tol=0.02), "active share 15.6%") == ["15.6%"]
     assert leaks(Accepted("m", "c", 6800, rel_tol=0.03), "users per arm: 6,812") == ["6,812"]
+    assert leaks(Accepted("m", "c", 6800, rel_tol=0.03), "B server http://127.0.0.1:6812: 21 requests") == []
     assert leaks(Accepted("m", "c", 32, rel_tol=0.0), "fp32 has 32 layers") == []  # small integers are not searched
     assert leaks(Accepted("m", "c", 116.4, rel_tol=0.03), "about 120 steps") == []  # too coarse to be the answer
     assert leaks(Accepted("m", "c", 116.4, rel_tol=0.03), "116 GiB per GPU") == ["116"]

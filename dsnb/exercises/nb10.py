@@ -17,7 +17,7 @@ solution = SOLUTIONS.show
 
 def check_sample_size(answer: float | None, base_rate: float = 0.04, relative_lift: float = 0.10) -> bool:
     """Exercise 1: users per variant to detect ``base_rate`` -> ``base_rate·(1 + lift)`` (α 0.05, power 0.8)."""
-    return check_number("1 (users per variant)", answer, sample_size(base_rate, relative_lift), rel_tol=0.03,
+    return check_number("1 (users per variant)", answer, sample_size(base_rate, relative_lift), rel_tol=0.01,
                         hint="n = (z_{α/2}·√(2·p̄(1-p̄)) + z_β·√(p1(1-p1) + p2(1-p2)))² / (p2 - p1)², "
                              "z_{α/2} = 1.96, z_β = 0.84.")
 
