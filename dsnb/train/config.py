@@ -2,8 +2,8 @@
 
 ``FinetuneConfig`` holds every choice of one run: the model (and LoRA), the data, the optimisation
 (mapped onto ``transformers.TrainingArguments`` by ``FinetuneConfig.training_arguments``), notebook 05's
-curriculum, adversarial and augmentation techniques, DPO's preference settings and where checkpoints
-go. Loaded from YAML by ``python -m dsnb.train``. ``plan_batch`` / ``effective_batch``: per-device
+curriculum, adversarial and augmentation techniques, DPO's preference settings, GRPO's rewards and sampling
+(section ``rl``, notebook 12) and where checkpoints go. Loaded from YAML by ``python -m dsnb.train``. ``plan_batch`` / ``effective_batch``: per-device
 batch × accumulation × processes (claims C14, C30); a global batch the process count does not divide
 is rejected. ``resolve_precision`` picks bf16 / fp16 / fp32 for the hardware at hand.
 
@@ -71,8 +71,17 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")  # TRL's loss_type values dsnb.train.grpo writes out (notebook 12)
+
+
+GRPO_SCALE_REWARDS = ("group", "batch", "none")
+
+
+VLLM_MODES = ("colocate", "server")
+
+
 #: The sections of a recipe, in the order ``to_dict`` writes them (``stage`` stands above them all).
-SECTIONS = ("model", "data", "optimisation", "curriculum", "adversarial", "augment", "preference", "checkpoints")
+SECTIONS = ("model", "data", "optimisation", "curriculum", "adversarial", "augment", "preference", "rl", "checkpoints")
 
 
 @dataclass(frozen=True)
@@ -88,15 +97,21 @@ class Stage:
 
 
 #: The training stages (``python -m dsnb.train`` dispatches on ``stage``) and what each reads, from their code:
-#: ``dsnb.train.sft`` (with chat, curriculum, adversarial, prepare) and ``dsnb.train.dpo``.
+#: ``dsnb.train.sft`` (with chat, curriculum, adversarial, prepare), ``dsnb.train.dpo`` and ``dsnb.train.grpo``.
 STAGES: dict[str, Stage] = {
-    "sft": Stage(tuple(s for s in SECTIONS if s != "preference")),
+    "sft": Stage(tuple(s for s in SECTIONS if s not in ("preference", "rl"))),
     "dpo": Stage(("model", "data", "optimisation", "preference", "checkpoints"), skips={
         "bias_update_rate": "DPO does not balance the router bias (no ExpertBiasBalancer in dsnb.train.dpo)",
         "tasks": "DPO trains on the corpus's summary preference pairs whatever the tasks",
         "packing": "DPO batches preference pairs unpacked",
         "label_smoothing": "TRL's DPO loss does not use the Trainer's label smoothing",
         "early_stopping_patience": "DPO runs have no early stopping",
+    }),
+    "grpo": Stage(("model", "data", "optimisation", "rl", "checkpoints"), skips={
+        "tasks": "GRPO samples bodies for the corpus's function heads (dsnb.train.rewards) whatever the tasks",
+        "packing": "GRPO batches prompt + completion sequences unpacked",
+        "label_smoothing": "GRPO's loss has no labels to smooth",
+        "early_stopping_patience": "GRPO's eval loss does not measure the reward; its runs have no early stopping",
     }),
 }
 
@@ -131,7 +146,7 @@ class FinetuneConfig:
     ``fsdp``, ``deepspeed``).
     """
 
-    stage: str = _setting(None, "sft")  # "sft" (dsnb.train.sft) or "dpo" (dsnb.train.dpo): which sections are read
+    stage: str = _setting(None, "sft")  # "sft" (dsnb.train.sft), "dpo" (dsnb.train.dpo) or "grpo" (dsnb.train.grpo)
     # model
     model: str = _setting("model", "dsnb-tiny")
     model_type: str | None = _setting("model")  # the architecture a recipe expects (checked after loading)
@@ -179,6 +194,20 @@ class FinetuneConfig:
     # preference tuning (notebook 06): stage "dpo" trains on (prompt, chosen, rejected) pairs
     beta: float = _setting("preference", 0.1)  # DPO's β: how far the policy may move from the reference
     dpo_loss_type: str = _setting("preference", "sigmoid")  # "sigmoid" (DPO) or "ipo"
+    # reinforcement learning with verifiable rewards (notebook 12): stage "grpo" samples num_generations completions per
+    # prompt, scores them with the named rewards (dsnb.train.rewards.REWARDS) and trains on group-relative advantages
+    rewards: tuple[str, ...] = _setting("rl", ("statements",))
+    num_generations: int = _setting("rl", 8, at_least=2)  # G: completions per prompt, the group of the advantage
+    max_completion_length: int = _setting("rl", 64, at_least=1)  # tokens sampled per completion
+    temperature: float = _setting("rl", 1.0, above=0)  # sampling temperature (the log-probs are taken at it too)
+    num_iterations: int = _setting("rl", 1, at_least=1)  # μ: optimizer steps on each generated batch
+    clip_epsilon: float = _setting("rl", 0.2, at_least=0, below=1)  # ε of the clipped surrogate
+    kl_coef: float = _setting("rl", 0.04, at_least=0)  # β of the KL term to the reference (0: no reference at all)
+    grpo_loss_type: str = _setting("rl", "dapo")  # how token losses are averaged: one of GRPO_LOSS_TYPES
+    scale_rewards: str = _setting("rl", "group")  # divide advantages by the group's std ("group"), the batch's, or not
+    use_vllm: bool = _setting("rl", False)  # generate with vLLM (GPU) instead of model.generate
+    vllm_mode: str = _setting("rl", "colocate")  # "colocate" (vLLM in the training process) or "server"
+    vllm_gpu_memory_utilization: float = _setting("rl", 0.3, at_least=0, below=1)  # colocate: vLLM's share of the GPU
     # checkpoints: where the run writes, how often it logs, evaluates and saves
     output_dir: str = _setting("checkpoints", "runs/sft")
     logging_steps: int = _setting("checkpoints", 10, at_least=1)
@@ -191,6 +220,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self.tasks = _as_tasks(self.tasks)
+        self.rewards = _as_names(self.rewards, "rewards")
         for f in fields(self):  # YAML 1.1 reads "1e-5" (no dot) as a string; parse_value reads it as a number
             value = getattr(self, f.name)
             if isinstance(value, str) and "float" in str(f.type):
@@ -208,6 +238,7 @@ class FinetuneConfig:
         if self.dpo_loss_type not in DPO_LOSS_TYPES or not self.beta > 0:
             raise ConfigError(f"dpo_loss_type={self.dpo_loss_type!r}, beta={self.beta}: use one of {DPO_LOSS_TYPES} "
                               "and a positive beta (0.1 is the usual start)")
+        self._check_rl()
         if self.augment is not None and self.augment not in AUGMENTATIONS:
             raise ConfigError(f"augment={self.augment!r}: use one of {AUGMENTATIONS} or null")
         unknown = set(self.tasks) - set(TASKS)
@@ -220,6 +251,27 @@ class FinetuneConfig:
                 f"min_learning_rate ({self.min_learning_rate}) must be below learning_rate ({self.learning_rate})"
             )
         check_stage(self)
+
+    def _check_rl(self) -> None:
+        """The rl section's named choices (the ranges are on the fields)."""
+        from dsnb.train.rewards import REWARDS
+
+        unknown = [r for r in self.rewards if r not in REWARDS]
+        if unknown or not self.rewards:
+            raise ConfigError(f"rewards={list(self.rewards)!r}: choose one or more of {sorted(REWARDS)} "
+                              "(dsnb.train.rewards.REWARDS)")
+        for name, value in (("clip_epsilon", self.clip_epsilon), ("vllm_gpu_memory_utilization",
+                                                                 self.vllm_gpu_memory_utilization)):
+            if not value > 0:
+                raise ConfigError(f"{name}: {value!r} must be in (0, 1)")
+        for name, value, allowed in (("grpo_loss_type", self.grpo_loss_type, GRPO_LOSS_TYPES),
+                                     ("scale_rewards", self.scale_rewards, GRPO_SCALE_REWARDS),
+                                     ("vllm_mode", self.vllm_mode, VLLM_MODES)):
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r}: use one of {allowed}")
+        if self.stage == "grpo" and self.max_completion_length >= self.max_seq_len:
+            raise ConfigError(f"max_completion_length={self.max_completion_length} leaves no room for a prompt in "
+                              f"max_seq_len={self.max_seq_len} (prompt + completion); raise max_seq_len")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> FinetuneConfig:
@@ -270,6 +322,7 @@ class FinetuneConfig:
         stage = STAGES[self.stage]
         values = asdict(self)
         values["tasks"] = list(self.tasks)
+        values["rewards"] = list(self.rewards)
         sections = {s: {n: values[n] for n in _fields_of(s) if stage.reads(n)} for s in stage.sections}
         return {"stage": self.stage, **{s: sections[s] for s in SECTIONS if s in sections}}
 
@@ -339,6 +392,15 @@ _COPIED_ARGUMENTS = {
     "weight_decay": "weight_decay", "max_grad_norm": "max_grad_norm", "label_smoothing_factor": "label_smoothing",
     "logging_steps": "logging_steps", "eval_steps": "eval_steps", "save_total_limit": "save_total_limit",
     "seed": "seed", "report_to": "report_to",
+}
+
+
+#: ``trl.GRPOConfig`` fields set from the rl section (``dsnb.train.grpo.grpo_arguments``): TRL's name -> config field.
+GRPO_ARGUMENTS = {
+    "num_generations": "num_generations", "max_completion_length": "max_completion_length",
+    "temperature": "temperature", "num_iterations": "num_iterations", "epsilon": "clip_epsilon", "beta": "kl_coef",
+    "loss_type": "grpo_loss_type", "scale_rewards": "scale_rewards", "use_vllm": "use_vllm", "vllm_mode": "vllm_mode",
+    "vllm_gpu_memory_utilization": "vllm_gpu_memory_utilization",
 }
 
 
@@ -516,6 +578,13 @@ def resolve_precision(precision: str = "auto") -> str:
     return precision
 
 
+def _as_names(values: Any, name: str) -> tuple[str, ...]:
+    """A list of names as a tuple; a bare string is refused rather than split into letters."""
+    if isinstance(values, str) or not isinstance(values, list | tuple):
+        raise ConfigError(f"{name}={values!r}: expected a list of names, e.g. {name}: [{values if isinstance(values, str) else '...'}]")
+    return tuple(values)
+
+
 def _as_tasks(tasks: Any) -> tuple[str, ...]:
     """``tasks`` as a tuple; a bare string (``tasks: summary``) is refused rather than split into letters."""
     if isinstance(tasks, str) or not isinstance(tasks, list | tuple):
@@ -590,9 +659,18 @@ def check_fields(cfg: FinetuneConfig) -> None:
         owned = owned_training_arguments()
         for key in sorted(set(extra) & set(owned)):
             problems.append(f"extra_training_arguments.{key}: set by the config field {owned[key]}; set it there instead")
-        valid = {f.name for f in fields(TrainingArguments)}
+        if cfg.stage == "grpo":  # TRL's GRPOConfig: its own fields may pass through, those the rl section sets not
+            from trl import GRPOConfig
+
+            owned = {**owned, **GRPO_ARGUMENTS}
+            for key in sorted(set(extra) & set(GRPO_ARGUMENTS)):
+                problems.append(f"extra_training_arguments.{key}: set by the config field {GRPO_ARGUMENTS[key]}; set it "
+                                "there instead")
+            valid, kind = {f.name for f in fields(GRPOConfig)}, "GRPOConfig"
+        else:
+            valid, kind = {f.name for f in fields(TrainingArguments)}, "TrainingArguments"
         for key in sorted(set(extra) - valid - set(owned)):
-            problems.append(f"extra_training_arguments.{key}: not a TrainingArguments field")
+            problems.append(f"extra_training_arguments.{key}: not a {kind} field")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

@@ -1,7 +1,7 @@
 """One run path for every training stage: load, prepare, build the trainer, resume, train, finish.
 
-``run_stage(stage, cfg)`` is what ``run_sft`` (``dsnb.train.sft``), ``run_dpo`` (``dsnb.train.dpo``)
-and ``run_distillation`` (``dsnb.train.distill``) call. A ``Stage`` brings only what differs between
+``run_stage(stage, cfg)`` is what ``run_sft`` (``dsnb.train.sft``), ``run_dpo`` (``dsnb.train.dpo``),
+``run_grpo`` (``dsnb.train.grpo``) and ``run_distillation`` (``dsnb.train.distill``) call. A ``Stage`` brings only what differs between
 them: its ``TrainingArguments`` class, how it prepares the model, its data, its trainer factory and its
 info lines. Everything else happens here, once, in this order:
 
@@ -16,7 +16,7 @@ info lines. Everything else happens here, once, in this order:
    restored copies of compressed checkpoints removed, and a ``RunResult``.
 
 ``STAGE_RUNNERS`` maps a recipe's ``stage:`` to the function ``python -m dsnb.train`` runs.
-Taught in notebooks 03, 04 and 06.
+Taught in notebooks 03, 04, 06 and 12.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ logger = logging.getLogger(__name__)
 
 #: ``stage:`` in a recipe -> ``"module:function"`` that runs it (imported when asked for: the stage modules import
 #: this one). A new stage adds its line here; ``dsnb.train.config.STAGES`` lists the same names.
-STAGE_RUNNERS: dict[str, str] = {"sft": "dsnb.train.sft:run_sft", "dpo": "dsnb.train.dpo:run_dpo"}
+STAGE_RUNNERS: dict[str, str] = {"sft": "dsnb.train.sft:run_sft", "dpo": "dsnb.train.dpo:run_dpo",
+                                 "grpo": "dsnb.train.grpo:run_grpo"}
 
 
 def stage_runner(name: str) -> Callable[..., RunResult]:
