@@ -1,27 +1,32 @@
 """Exercise checks and worked solutions for notebook 07 (training monitoring and stability guards).
 
-Expected values are computed by dsnb (``dsnb.train.monitor``, ``dsnb.train.guard``) on inputs that
-differ from the notebook's runs, so the page does not print the answers.
+Expected values are computed by dsnb (``dsnb.train.monitor``) on inputs that differ from the notebook's
+runs (other layer norms, another MoE window, another run's gradient-norm log to set a band for), so the
+page does not print the answers.
 """
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
-from dsnb.exercises import Solutions, check_number
-from dsnb.train.guard import StabilityGuard
-from dsnb.train.monitor import grad_norms, imbalance
+from dsnb.exercises import Solutions, check_choice, check_number
+from dsnb.train.monitor import calibrated_band, grad_norms, imbalance
 
 SOLUTIONS = Solutions("07")
 solution = SOLUTIONS.show
 
 #: Exercise 1: the gradient norms of three layer groups; what global norm does the Trainer log?
-EX1_LAYER_NORMS = (0.6, 0.8, 2.4)
+EX1_LAYER_NORMS = (0.35, 1.2, 2.9)
 #: Exercise 2: tokens routed to each of 8 experts of one MoE layer in a monitoring window.
-EX2_COUNTS = (120, 95, 410, 0, 88, 101, 97, 113)
-#: Exercise 3: start learning rate, and how many bad steps in a row the guard has seen.
-EX3_LR, EX3_BAD_STEPS = 2e-4, 3
+EX2_COUNTS = (131, 88, 468, 0, 93, 117, 84, 109)
+#: Exercise 3: another run's raw gradient norms (step: norm) after its EX3_WARMUP warmup steps; a band
+#: calibrated on the first ten of them watches the next ten.
+EX3_WARMUP = 25
+EX3_NORMS = dict(zip(range(26, 46), (0.41, 0.37, 0.52, 0.44, 0.39, 0.47, 0.36, 0.43, 0.58, 0.40,
+                                     0.38, 0.33, 0.95, 0.41, 0.29, 0.19, 0.35, 0.79, 0.88, 0.31), strict=True))
 
 
 def global_norm(layer_norms: tuple[float, ...] = EX1_LAYER_NORMS) -> float:
@@ -50,22 +55,24 @@ def check_imbalance(answer: float | None) -> bool:
                         hint="mean over all 8 experts, including the one that got no token; then max / mean.")
 
 
-def lr_after_bad_steps(lr: float = EX3_LR, bad_steps: int = EX3_BAD_STEPS) -> float:
-    """The learning rate after ``bad_steps`` bad steps under ``StabilityGuard``'s defaults (x0.1, floor 1e-6)."""
-    guard = StabilityGuard(max_bad_steps=bad_steps + 1)
-    param = nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([param], lr=lr)
-    for step in range(1, bad_steps + 1):
-        param.grad = torch.full((1,), float("nan"))
-        guard.see_grads(step, nn.ParameterList([param]), fp16=False)
-        guard.before_optimizer(nn.ParameterList([param]), optimizer)
-    return optimizer.param_groups[0]["lr"]
+def alerting_steps(norms: dict[int, float] = EX3_NORMS, warmup: int = EX3_WARMUP, band_steps: int = 10) -> set[int]:
+    """Steps after the calibration window whose norm leaves ``monitor.calibrated_band`` (what the monitor alerts on)."""
+    low, high = calibrated_band(list(norms.items()), after=warmup, steps=band_steps)
+    return {s for s, v in norms.items() if s > warmup + band_steps and not low <= v <= high}
 
 
-def check_lr_after_bad_steps(answer: float | None) -> bool:
-    """Exercise 3: the learning rate after EX3_BAD_STEPS bad steps in a row, from EX3_LR."""
-    return check_number("3 (learning rate after bad steps)", answer, lr_after_bad_steps(), rel_tol=0.01,
-                        hint="each bad step multiplies the rate by 0.1, but it never goes below the 1e-6 floor.")
+def _steps(value: object) -> frozenset[int]:
+    """Step numbers as a set, from a set / list of numbers or a text such as "38, 41 and 44"."""
+    if isinstance(value, str):
+        return frozenset(int(v) for v in re.findall(r"\d+", value))
+    return frozenset(int(v) for v in value)
+
+
+def check_alerting_steps(answer: object) -> bool:
+    """Exercise 3: which of the later steps of EX3_NORMS a band calibrated on its first ten steps flags."""
+    return check_choice("3 (steps a calibrated band flags)", answer, alerting_steps(), normalize=_steps,
+                        hint="first the band: the median of the ten norms right after warmup, divided and multiplied "
+                             "by 2 (monitor.calibrated_band); then read the next ten steps against it.")
 
 
 @SOLUTIONS.register(1)
@@ -91,10 +98,15 @@ The dead expert also raises a "dead_expert" alert: it got no token in the window
 
 @SOLUTIONS.register(3)
 def _solution_3() -> str:
-    trail = [EX3_LR * 0.1 ** k for k in range(EX3_BAD_STEPS + 1)]
+    window = sorted(v for s, v in EX3_NORMS.items() if EX3_WARMUP < s <= EX3_WARMUP + 10)
+    low, high = calibrated_band(list(EX3_NORMS.items()), after=EX3_WARMUP)
+    fixed = sorted(s for s, v in EX3_NORMS.items() if s > EX3_WARMUP + 10 and not 0.7 <= v <= 1.3)
     return f"""
-Each bad step multiplies the rate by 0.1: {' -> '.join(f'{x:.0e}' for x in trail)}; the guard never goes
-below its 1e-6 floor, so the answer is {lr_after_bad_steps():.0e}. (With the default max_bad_steps=3 the
-third bad step in a row also stops the run with a verified checkpoint.)
-Computed: StabilityGuard.before_optimizer on a parameter with a NaN gradient, {EX3_BAD_STEPS} times.
+The band comes from the ten steps after warmup ({EX3_WARMUP + 1}-{EX3_WARMUP + 10}), sorted:
+  {window}
+  median = ({window[4]} + {window[5]}) / 2 = {(window[4] + window[5]) / 2:.3f};  band = median / 2 .. median × 2 = {low:.3f} .. {high:.3f}
+Steps {EX3_WARMUP + 11}-{EX3_WARMUP + 20} outside it: {sorted(alerting_steps())}  (monitor.calibrated_band, then a comparison).
+A norm falling toward zero is a signal too (a loss gone flat, weights no longer learning), not only a spike.
+The article's fixed 1.0 ± 0.3 band would have flagged {fixed}: nearly every healthy step of a run
+with its own scale, while missing {sorted(alerting_steps() - set(fixed))}, the spikes that stay under 1.3.
 """
