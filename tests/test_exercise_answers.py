@@ -6,7 +6,9 @@ printed on a page is within the check's own tolerance of it (a percentage counts
 a word answer when its words appear as whole words, or a line of a page normalises to the same answer
 the way the check normalises the learner's. Whole integers below ``SMALL_INTEGER`` are not searched:
 they occur on every page (step counts, batch sizes, layer numbers), and such an exercise must be kept
-from being answered on the page by its design, not by this test.
+from being answered on the page by its design, not by this test. A number followed by a unit of time
+(ms, s, seconds, req/s, tokens/s) is a timing of the run that printed it, different on every run, and
+is not searched either: exercise answers are computed, so no exercise asks for a duration measured here.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ SMALL_INTEGER = 100
 #: A number on a page: digits with optional thousands commas, decimals, exponent and a percent sign,
 #: not glued to a word or identifier before it (fp32, C12, nb04) or after it (3b in "6.7b").
 NUMBER = re.compile(r"(?<![\w.])[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?%?(?![A-Za-z_])")
+#: A timing: a number and a unit of time (or a rate per second) right after it.
+TIMING = re.compile(r"\s*(?:ms|µs|us|s|sec|seconds?)\b|\s*(?:req|requests|tokens|it)/s\b")
 
 
 URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.I)
@@ -96,8 +100,11 @@ def numbers(text: str) -> Iterator[tuple[str, float, float]]:
     A percentage also counts as its fraction; trailing zeros of a whole number are not significant
     ("120" may be any of 115-125).
     """
-    for m in NUMBER.finditer(URL.sub(" ", text)):  # a URL's port or path is no quantity
+    text = URL.sub(" ", text)  # a URL's port or path is no quantity
+    for m in NUMBER.finditer(text):
         token = m.group()
+        if TIMING.match(text, m.end()):
+            continue
         raw = token.replace(",", "").replace("−", "-").rstrip("%")
         mantissa, _, exponent = raw.lower().partition("e")
         if len(raw) > 40 or abs(int(exponent or 0)) > 300:  # a hash or an id, not a quantity
@@ -197,6 +204,8 @@ def test_catches_a_planted_number():
     assert leaks(Accepted("m", "c", 0.1563, rel_tol=0.02), "active share 15.6%") == ["15.6%"]
     assert leaks(Accepted("m", "c", 6800, rel_tol=0.03), "users per arm: 6,812") == ["6,812"]
     assert leaks(Accepted("m", "c", 6800, rel_tol=0.03), "B server http://127.0.0.1:6812: 21 requests") == []
+    assert leaks(Accepted("m", "c", 228.0, rel_tol=0.01), "cache misses p50 227 ms, 228.5 s, 229 tokens/s") == []
+    assert leaks(Accepted("m", "c", 228.0, rel_tol=0.01), "228 tokens fit in 0.8 s") == ["228"]
     assert leaks(Accepted("m", "c", 32, rel_tol=0.0), "fp32 has 32 layers") == []  # small integers are not searched
     assert leaks(Accepted("m", "c", 116.4, rel_tol=0.03), "about 120 steps") == []  # too coarse to be the answer
     assert leaks(Accepted("m", "c", 116.4, rel_tol=0.03), "116 GiB per GPU") == ["116"]

@@ -26,7 +26,7 @@ def t2_kl(teacher: tuple[float, ...], student: tuple[float, ...], temperature: f
 def check_t2_kl(answer: float | None, teacher: tuple[float, ...] = (2.0, 0.0, -2.0),
                 student: tuple[float, ...] = (0.0, 0.0, 0.0), temperature: float = 2.0) -> bool:
     """Exercise 1: ``T² · KL(teacher ‖ student)`` in nats for one token with the given logits."""
-    return check_number("1 (T²·KL)", answer, t2_kl(teacher, student, temperature), rel_tol=0.02,
+    return check_number("1 (T²·KL)", answer, t2_kl(teacher, student, temperature), rel_tol=0.01,
                         hint="divide both logit vectors by T, softmax them, sum p·(log p − log q), multiply by T².")
 
 

@@ -55,7 +55,7 @@ def expected_checkpointing_saving(model: str = EX2_MODEL, seq_len: int = EX2_SEQ
 
 def check_checkpointing_saving(answer: float | None) -> bool:
     """Exercise 2: the estimated activation saving of checkpointing for deepseek-coder-6.7b at 4096 tokens."""
-    return check_number("2 (checkpointing saving at 6.7B)", answer, expected_checkpointing_saving(), rel_tol=0.03,
+    return check_number("2 (checkpointing saving at 6.7B)", answer, expected_checkpointing_saving(), rel_tol=0.01,
                         hint="estimate_training_memory(model, seq_len=..., gradient_checkpointing=...).activations, "
                              "with and without: 1 - with / without.")
 

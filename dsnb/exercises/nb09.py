@@ -59,7 +59,7 @@ def std_for_share(share: float, threshold: float = 0.01) -> float:
 
 def check_std_for_share(answer: float | None, share: float = 0.40, threshold: float = 0.01) -> bool:
     """Exercise 3: the weight standard deviation at which the article's |w| < 0.01 rule removes exactly 40%."""
-    return check_number("3 (std for a 40% share)", answer, std_for_share(share, threshold), rel_tol=0.03,
+    return check_number("3 (std for a 40% share)", answer, std_for_share(share, threshold), rel_tol=0.01,
                         hint="for Gaussian weights the share below t is erf(t / (σ·√2)); solve for σ.")
 
 
