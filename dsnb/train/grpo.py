@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -258,6 +258,7 @@ class GRPOResult(RunResult):
 
     train: list[FunctionPrompt]
     eval: list[FunctionPrompt]
+    attached: list[Any] = field(default_factory=list)  # what run_grpo's ``attach`` functions returned
 
     def curves(self) -> dict[str, list[tuple[int, float]]]:
         """Reward, KL, completion length and clip ratio per logged step (``training_curves``)."""
@@ -269,13 +270,17 @@ class GRPOStage(Stage):
     """GRPO on the corpus's function heads (``dsnb.train.rewards``) with TRL's ``GRPOTrainer``.
 
     ``reward_funcs`` replaces the recipe's ``rewards`` (e.g. a reward written in a notebook); ``train_prompts``
-    / ``eval_prompts`` replace the prompts drawn from the corpus's train and validation splits.
+    / ``eval_prompts`` replace the prompts drawn from the corpus's train and validation splits; each of
+    ``attach`` is called with the trainer once it is built (a probe such as
+    ``dsnb.train.routing_drift.RoutingProbe``, or a function adding a callback) and what it returns is kept.
     """
 
     name: str = "grpo"
     reward_funcs: Sequence[Callable[..., list[float]]] | None = None
     train_prompts: Sequence[FunctionPrompt] | None = None
     eval_prompts: Sequence[FunctionPrompt] | None = None
+    attach: Sequence[Callable[[Trainer], Any]] = ()
+    attached: list[Any] = field(default_factory=list)
     result_class: ClassVar[type[RunResult]] = GRPOResult
 
     def arguments(self, cfg: FinetuneConfig) -> TrainingArguments:
@@ -312,8 +317,10 @@ class GRPOStage(Stage):
 
     def trainer(self, cfg: FinetuneConfig, model: nn.Module, tokenizer: PreTrainedTokenizerBase, data: StageData,
                 args: TrainingArguments, callbacks: list[TrainerCallback] | None, progress: bool) -> Trainer:
-        return build_grpo_trainer(cfg, model, tokenizer, data.train_dataset, data.eval_dataset, callbacks, progress,
-                                  args=args, reward_funcs=self.reward_funcs)
+        trainer = build_grpo_trainer(cfg, model, tokenizer, data.train_dataset, data.eval_dataset, callbacks, progress,
+                                     args=args, reward_funcs=self.reward_funcs)
+        self.attached = [fn(trainer) for fn in self.attach]
+        return trainer
 
     def extra_info(self, cfg: FinetuneConfig, trainer: Trainer) -> dict[str, Any]:
         reference = ("none (kl_coef 0)" if cfg.kl_coef == 0 else
@@ -340,15 +347,19 @@ def run_grpo(
     reward_funcs: Sequence[Callable[..., list[float]]] | None = None,
     train_prompts: Sequence[FunctionPrompt] | None = None,
     eval_prompts: Sequence[FunctionPrompt] | None = None,
+    attach: Sequence[Callable[[Trainer], Any]] = (),
 ) -> GRPOResult:
     """GRPO from ``cfg.model`` (or the given model) on the corpus's function heads, through ``run_stage``.
 
-    ``resume_from``: a checkpoint or ``"auto"`` (verified, full weights included, as for every stage).
+    ``resume_from``: a checkpoint or ``"auto"`` (verified, full weights included, as for every stage). The
+    other arguments go to ``GRPOStage``; ``result.attached`` holds what the ``attach`` functions returned.
     """
     if cfg.stage != "grpo":
         raise ConfigError(f"run_grpo needs a config with stage: grpo (got stage: {cfg.stage!r})")
-    stage = GRPOStage(reward_funcs=reward_funcs, train_prompts=train_prompts, eval_prompts=eval_prompts)
-    return run_stage(stage, cfg, model, tokenizer, corpus, resume_from, callbacks, progress)
+    stage = GRPOStage(reward_funcs=reward_funcs, train_prompts=train_prompts, eval_prompts=eval_prompts, attach=attach)
+    result = run_stage(stage, cfg, model, tokenizer, corpus, resume_from, callbacks, progress)
+    result.attached = stage.attached
+    return result
 
 
 # --- measuring a policy ---------------------------------------------------------------------------------------
