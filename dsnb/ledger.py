@@ -8,6 +8,14 @@ markers; ``--ledger --check`` only compares and fails when README has drifted.
 
 A claim has exactly one full row (the article's wording and a verdict) and may have supplements
 (:func:`supplement`: method and figures only) from other notebooks, merged into its README row.
+
+Beyond the article. Notebooks that go past what the article covers (notebook 12's GRPO) state rows about
+claims made elsewhere (a paper, a library, common practice), with ids ``B01``, ``B02``… (:data:`BEYOND_IDS`;
+the ``claim`` column then says whose claim it is). They are rendered, by the same rules, into a second
+table between README's ``<!-- beyond:start -->`` / ``<!-- beyond:end -->`` markers, never into the article's.
+While any notebook states such a row, README must hold those markers: ``--ledger`` and ``--ledger --check``
+fail, saying what to add, instead of leaving the rows out of README. Beyond rows are not claims of the
+article, so they never count toward :data:`CLAIMS` being complete.
 """
 
 from __future__ import annotations
@@ -28,6 +36,10 @@ CLAIMS: tuple[str, ...] = tuple(f"C{i:02d}" for i in range(1, 34))
 #: Claims deliberately left out of the ledger, with the reason (none today).
 ABSENT: dict[str, str] = {}
 START, END = "<!-- ledger:start -->", "<!-- ledger:end -->"
+#: The markers of README's beyond-the-article table.
+BEYOND_START, BEYOND_END = "<!-- beyond:start -->", "<!-- beyond:end -->"
+#: Ids of the beyond-the-article rows.
+BEYOND_IDS: tuple[str, ...] = tuple(f"B{i:02d}" for i in range(1, 100))
 HEADER = ("id", "claim", "how we checked", "what we measured", "verdict")
 _EVIDENCE = re.compile(r"notebook \d\d|(tests|benchmarks)/[\w./-]+")
 
@@ -56,8 +68,8 @@ class LedgerRow:
     def __post_init__(self) -> None:
         sources = (self.evidence,) if isinstance(self.evidence, str) else tuple(self.evidence)
         object.__setattr__(self, "evidence", sources)
-        if self.claim not in CLAIMS:
-            raise LedgerError(f"{self.claim!r} is not a claim id (C01 … C33)")
+        if self.claim not in CLAIMS and self.claim not in BEYOND_IDS:
+            raise LedgerError(f"{self.claim!r} is not a claim id (C01 … C33, or B01 … B99 beyond the article)")
         if not sources or any(not _EVIDENCE.fullmatch(s) for s in sources):
             raise LedgerError(f"{self.claim}: evidence {sources!r} must name 'notebook NN', 'tests/…' or 'benchmarks/…'")
         for name in ("article", "method", "measured", "verdict"):
@@ -68,6 +80,11 @@ class LedgerRow:
             raise LedgerError(f"{self.claim}: method and measured must not be empty")
         if bool(self.article.strip()) != bool(self.verdict.strip()):
             raise LedgerError(f"{self.claim}: give both the article's wording and a verdict, or neither (a supplement)")
+
+    @property
+    def is_beyond(self) -> bool:
+        """True for a row about a claim beyond the article (``B01`` …): README's second table."""
+        return self.claim in BEYOND_IDS
 
     @property
     def is_supplement(self) -> bool:
@@ -123,16 +140,30 @@ def table_rows(rows: Iterable[LedgerRow]) -> list[tuple[str, ...]]:
     return out
 
 
-def render_table(rows: Iterable[LedgerRow], *, require_all: bool = False) -> str:
-    """The ledger as a markdown table; ``require_all``: every claim of :data:`CLAIMS` not in :data:`ABSENT`."""
-    cells = table_rows(rows)
+def article_rows(rows: Iterable[LedgerRow]) -> list[LedgerRow]:
+    """The rows about the article's claims (``C01`` …)."""
+    return [r for r in rows if not r.is_beyond]
+
+
+def beyond_rows(rows: Iterable[LedgerRow]) -> list[LedgerRow]:
+    """The rows about claims beyond the article (``B01`` …)."""
+    return [r for r in rows if r.is_beyond]
+
+
+def render_table(rows: Iterable[LedgerRow], *, require_all: bool = False, beyond: bool = False) -> str:
+    """The ledger as a markdown table; ``require_all``: every claim of :data:`CLAIMS` not in :data:`ABSENT`.
+
+    The article's claims only, or with ``beyond=True`` only the beyond-the-article rows.
+    """
+    cells = table_rows(beyond_rows(rows) if beyond else article_rows(rows))
     if require_all:
         missing = [c for c in CLAIMS if c not in ABSENT and c not in {r[0] for r in cells}]
         if missing:
             raise LedgerError(f"no notebook states a ledger row for {', '.join(missing)}")
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in cells]
-    lines += [f"| {c} | (not checked) | {_cell(why)} | | |" for c, why in sorted(ABSENT.items())]
+    if not beyond:
+        lines += [f"| {c} | (not checked) | {_cell(why)} | | |" for c, why in sorted(ABSENT.items())]
     return "\n".join(lines)
 
 
@@ -198,43 +229,76 @@ def course_rows(directory: str | Path = "notebooks") -> list[LedgerRow]:
     return [row for nb in notebooks_in(directory) for row in notebook_rows(nb)]
 
 
-def _split(readme: str) -> tuple[str, str, str]:
-    if readme.count(START) != 1 or readme.count(END) != 1 or readme.index(START) > readme.index(END):
-        raise LedgerError(f"README must hold one {START} … {END} pair around the ledger table")
-    head, rest = readme.split(START)
-    body, tail = rest.split(END)
+def _markers(beyond: bool) -> tuple[str, str]:
+    return (BEYOND_START, BEYOND_END) if beyond else (START, END)
+
+
+def has_beyond_section(readme: str) -> bool:
+    """Whether README holds the beyond-the-article markers (either of them: :func:`_split` checks the pair)."""
+    return BEYOND_START in readme or BEYOND_END in readme
+
+
+def _split(readme: str, beyond: bool = False) -> tuple[str, str, str]:
+    start, end = _markers(beyond)
+    if readme.count(start) != 1 or readme.count(end) != 1 or readme.index(start) > readme.index(end):
+        what = "the beyond-the-article table" if beyond else "the ledger table"
+        raise LedgerError(f"README must hold one {start} … {end} pair around {what}")
+    head, rest = readme.split(start)
+    body, tail = rest.split(end)
     return head, body, tail
 
 
-def splice(readme: str, table: str) -> str:
-    """``readme`` with the text between the ledger markers replaced by ``table``."""
-    head, _, tail = _split(readme)
+def splice(readme: str, table: str, beyond: bool = False) -> str:
+    """``readme`` with the text between the ledger markers (``beyond``: the beyond markers) replaced by ``table``."""
+    head, _, tail = _split(readme, beyond)
+    start, end = _markers(beyond)
     note = "<!-- rendered by `python -m dsnb.course --ledger` from the notebooks' ledger cells: edit those -->"
-    return f"{head}{START}\n{note}\n\n{table}\n\n{END}{tail}"
+    return f"{head}{start}\n{note}\n\n{table}\n\n{end}{tail}"
 
 
-def parse_table(readme: str) -> dict[str, tuple[str, ...]]:
+def parse_table(readme: str, beyond: bool = False) -> dict[str, tuple[str, ...]]:
     """The ledger rows in README, by claim id: the inverse of :func:`render_table` (for diffs and tests)."""
-    _, body, _ = _split(readme)
+    _, body, _ = _split(readme, beyond)
     out: dict[str, tuple[str, ...]] = {}
     for line in body.splitlines():
-        if not line.startswith("| C"):
+        if not line.startswith("| B" if beyond else "| C"):
             continue
         cells = tuple(c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1])
         out[cells[0]] = cells
     return out
 
 
+def missing_beyond_section(rows: Sequence[LedgerRow]) -> str:
+    """What to add to a README without the beyond markers while notebooks state ``rows`` beyond the article."""
+    where = sorted({f"{r.claim} ({_sources(r)})" for r in beyond_rows(rows) if not r.is_supplement})
+    return (f"the notebooks state rows beyond the article ({', '.join(where)}) but README has no section for them: "
+            f"add a line {BEYOND_START} and a line {BEYOND_END} where the table should go (e.g. under a heading "
+            "'## Beyond the article' after the claims ledger), then run python -m dsnb.course --ledger")
+
+
 def differences(readme: str, rows: Sequence[LedgerRow]) -> list[str]:
-    """How README's ledger differs from ``rows``, one line per claim and column (empty: in step)."""
-    want = {r[0]: r for r in table_rows(rows)}
-    have = parse_table(readme)
-    out = [f"{c}: in the notebooks, not in README" for c in want if c not in have]
-    out += [f"{c}: in README, in no notebook" for c in have if c not in want and c not in ABSENT]
-    for c in want.keys() & have.keys():
-        out += [f"{c}: {HEADER[i]} differs" for i in range(len(HEADER)) if want[c][i] != have[c][i]]
-    if not out and splice(readme, render_table(rows, require_all=True)) != readme:
-        out.append("the ledger section's layout differs from the rendered one")
+    """How README's ledger differs from ``rows``, one line per claim and column (empty: in step).
+
+    Both tables: the article's claims between the ledger markers, the rows beyond the article between the
+    beyond markers (one line saying what to add when there are such rows and README lacks the markers).
+    """
+    out: list[str] = []
+    extra = beyond_rows(rows)
+    tables = [False] + ([True] if extra or has_beyond_section(readme) else [])
+    for beyond in tables:
+        if beyond and not has_beyond_section(readme):
+            out.append(missing_beyond_section(rows))
+            continue
+        want = {r[0]: r for r in table_rows(beyond_rows(rows) if beyond else article_rows(rows))}
+        have = parse_table(readme, beyond)
+        diff = [f"{c}: in the notebooks, not in README" for c in want if c not in have]
+        diff += [f"{c}: in README, in no notebook" for c in have if c not in want and c not in ABSENT]
+        for c in want.keys() & have.keys():
+            diff += [f"{c}: {HEADER[i]} differs" for i in range(len(HEADER)) if want[c][i] != have[c][i]]
+        if not diff and splice(readme, render_table(rows, require_all=not beyond, beyond=beyond), beyond) != readme:
+            diff.append(f"the {'beyond-the-article' if beyond else 'ledger'} section's layout differs from the "
+                        "rendered one")
+        out += diff
     return sorted(out)
 
 
@@ -244,6 +308,11 @@ def update_readme(readme: str | Path = "README.md", directory: str | Path = "not
     rows = course_rows(directory)
     text = readme.read_text(encoding="utf-8")
     new = splice(text, render_table(rows, require_all=True))
+    if beyond_rows(rows) or has_beyond_section(text):
+        if not has_beyond_section(text) and not check:
+            raise LedgerError(missing_beyond_section(rows))
+        if has_beyond_section(text):
+            new = splice(new, render_table(rows, beyond=True), beyond=True)
     if check:
         diff = differences(text, rows)
         for line in diff:
@@ -253,7 +322,8 @@ def update_readme(readme: str | Path = "README.md", directory: str | Path = "not
         return 1 if diff else 0
     if new != text:
         readme.write_text(new, encoding="utf-8")
-        print(f"{readme}: ledger rewritten ({len(table_rows(rows))} claims)")
+        print(f"{readme}: ledger rewritten ({len(table_rows(article_rows(rows)))} claims, "
+              f"{len(table_rows(beyond_rows(rows)))} beyond the article)")
     else:
         print(f"{readme}: ledger already in step")
     return 0

@@ -1,4 +1,5 @@
-"""The claims ledger: README's table is what the committed notebooks' ledger cells say, and the renderer round-trips."""
+"""The claims ledger: README's tables (the article's claims, and the rows beyond the article) are what the committed
+notebooks' ledger cells say, and the renderer round-trips."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_readme_ledger_is_what_the_notebooks_say():
 
 def test_every_claim_appears_exactly_once():
     rows = L.course_rows(ROOT / "notebooks")
-    claims = [cells[0] for cells in L.table_rows(rows)]  # raises on a claim with two full rows
+    claims = [cells[0] for cells in L.table_rows(L.article_rows(rows))]  # raises on a claim with two full rows
     assert claims == [c for c in L.CLAIMS if c not in L.ABSENT], f"missing: {sorted(set(L.CLAIMS) - set(claims))}"
     section = README.read_text(encoding="utf-8").split(L.START)[1].split(L.END)[0]
     in_readme = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| C")]
@@ -90,7 +91,9 @@ def test_rows_check_their_fields():
     assert _row(evidence=("notebook 04", "tests/test_losses.py", "benchmarks/distill_grid.py")).evidence[1] == "tests/test_losses.py"
     assert _row().evidence == ("notebook 01",) and not _row().is_supplement
     assert L.supplement("C01", "how", "what", "notebook 08").is_supplement
-    for bad, match in [(dict(claim="C34"), "not a claim id"), (dict(evidence="somewhere"), "evidence"),
+    assert _row("B01").is_beyond and not _row("C01").is_beyond
+    for bad, match in [(dict(claim="C34"), "not a claim id"), (dict(claim="B100"), "not a claim id"),
+                       (dict(claim="X01"), "B01 … B99 beyond the article"), (dict(evidence="somewhere"), "evidence"),
                        (dict(evidence=()), "evidence"), (dict(measured="two\nlines"), "one line"),
                        (dict(verdict=""), "both the article's wording and a verdict"), (dict(measured=" "), "must not be empty")]:
         with pytest.raises(L.LedgerError, match=match):
@@ -169,3 +172,56 @@ def test_command_line_renders_and_checks(tmp_path, capsys):
     assert main([*args, "--check"]) == 1 and "C01: what we measured differs" in capsys.readouterr().out
     (nbs / "01_b.ipynb").unlink()
     assert main([*args, "--check"]) == 2 and "no notebook states a ledger row for C20" in capsys.readouterr().err
+
+
+# --- rows beyond the article (B01 …): a second README table ---------------------------------------------------------
+
+
+def _readme_with(*sections: str) -> str:
+    return "# x\n\n" + "\n\n".join(sections) + "\n\n## next\n"
+
+
+def test_beyond_rows_render_into_their_own_table_only():
+    rows = [_row(f"C{i:02d}") for i in range(1, 34)] + [_row("B02", measured="2 | 3"), _row("B01"),
+                                                       L.supplement("B01", "more", "4", "notebook 12")]
+    article, beyond = L.render_table(rows, require_all=True), L.render_table(rows, beyond=True)
+    assert "| B0" not in article and "| C0" not in beyond
+    assert [line.split("|")[1].strip() for line in beyond.splitlines()[2:]] == ["B01", "B02"]
+    assert "notebook 01: how we checked; notebook 12: more" in beyond and "2 \\| 3" in beyond
+    readme = _readme_with(f"{L.START}\n{L.END}", f"## Beyond the article\n\n{L.BEYOND_START}\n{L.BEYOND_END}")
+    once = L.splice(L.splice(readme, article), beyond, beyond=True)
+    assert L.differences(once, rows) == [] and list(L.parse_table(once, beyond=True)) == ["B01", "B02"]
+    assert set(L.parse_table(once)) == {f"C{i:02d}" for i in range(1, 34)}
+    changed = rows[:-3] + [replace(rows[-3], verdict="**False**"), *rows[-2:]]
+    assert L.differences(once, changed) == ["B02: verdict differs"]
+    assert L.differences(once, rows[:-3] + rows[-2:]) == ["B02: in README, in no notebook"]
+
+
+def test_a_readme_without_the_beyond_markers_is_told_what_to_add():
+    rows = [_row(f"C{i:02d}") for i in range(1, 34)] + [_row("B01", evidence="notebook 12")]
+    readme = L.splice(_readme_with(f"{L.START}\n{L.END}"), L.render_table(rows, require_all=True))
+    diff = L.differences(readme, rows)
+    assert len(diff) == 1 and "B01 (notebook 12)" in diff[0] and L.BEYOND_START in diff[0] and L.BEYOND_END in diff[0]
+    assert L.differences(readme, rows[:-1]) == []  # no beyond rows: no markers needed
+    with pytest.raises(L.LedgerError, match="must hold one <!-- beyond:start -->"):
+        L.splice(readme, "table", beyond=True)
+
+
+def test_command_line_renders_and_checks_both_tables(tmp_path, capsys):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    _notebook(nbs / "00_a.ipynb", *[_row(f"C{i:02d}") for i in range(1, 34)])
+    _notebook(nbs / "12_b.ipynb", _row("B01", evidence="notebook 12"), _row("B02", evidence="notebook 12"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{L.START}\n{L.END}\n")
+    args = [str(nbs), "--ledger", "--readme", str(readme)]
+    assert main([*args, "--check"]) == 1 and "add a line <!-- beyond:start -->" in capsys.readouterr().out
+    assert main(args) == 2 and "README has no section for them" in capsys.readouterr().err
+    assert "| C01" not in readme.read_text()  # nothing half-written
+    readme.write_text(f"# x\n{L.START}\n{L.END}\n\n## Beyond the article\n\n{L.BEYOND_START}\n{L.BEYOND_END}\n")
+    assert main(args) == 0 and "33 claims, 2 beyond the article" in capsys.readouterr().out
+    assert main([*args, "--check"]) == 0 and main(args) == 0
+    text = readme.read_text()
+    assert text.index("| C33") < text.index(L.BEYOND_START) < text.index("| B01")
+    readme.write_text(text.replace("| B02 | the article says", "| B02 | someone says"))
+    assert main([*args, "--check"]) == 1 and "B02: claim differs" in capsys.readouterr().out
