@@ -65,13 +65,8 @@ def test_the_strict_check_needs_a_closed_function_that_parses():
     assert _score('  and more"""\n    return 1\n\nx', "parses") == 0.0  # wrote past the docstring's quotes
 
 
-HOSTILE = {
-    "empty": "", "newlines": "\n" * 10_000, "huge": "\n    x = 1" * 500_000, "one huge line": "\n    " + "1+" * 100_000 + "1",
-    "lone surrogates": "\n    x = '\ud800\udfff\ud800'\n    return x\n\ny", "NUL bytes": "\n    return 1\x00\n\nx",
-    "replacement chars": "\n    \ufffd\ufffd = 1\n\n\ufffd", "nested parens": "\n    x = " + "(" * 5000 + "\n\ny",
-    "bytes object": b"\n    return 1", "None": None, "conversational": [{"role": "assistant", "content": "\n    return 1\n\nx"}],
-    "control chars": "\n    \x1b[2J\x07return 1\n\nx",
-}
+HOSTILE = {**R.HOSTILE_COMPLETIONS, "bytes object": b"\n    return 1", "None": None,
+           "conversational": [{"role": "assistant", "content": "\n    return 1\n\nx"}]}
 
 
 @pytest.mark.parametrize("name", sorted(R.REWARDS))

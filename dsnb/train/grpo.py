@@ -393,7 +393,7 @@ def sample_completions(model: nn.Module, tokenizer: PreTrainedTokenizerBase, pro
     for i in range(0, len(flat), batch_size):
         enc = tokenizer(flat[i:i + batch_size], return_tensors="pt", padding=True, padding_side="left").to(device)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
-                             top_p=1.0, pad_token_id=tokenizer.pad_token_id)
+                             top_p=1.0, pad_token_id=tokenizer.pad_token_id, use_cache=True)
         texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return [texts[i * per_prompt:(i + 1) * per_prompt] for i in range(len(prompts))]
 

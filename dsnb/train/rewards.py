@@ -208,6 +208,16 @@ def _bodies(completions: Sequence[Any]) -> list[FunctionBody | None]:
     return out
 
 
+#: What a model can write that a reward must survive (tests/test_rewards.py; notebook 12's exercise 2 runs a
+#: learner's reward on them): each is scored 0.0 or 1.0 without raising, in well under a second.
+HOSTILE_COMPLETIONS: dict[str, str] = {
+    "empty": "", "newlines": "\n" * 10_000, "huge": "\n    x = 1" * 500_000,
+    "one huge line": "\n    " + "1+" * 100_000 + "1", "lone surrogates": "\n    x = '\ud800\udfff\ud800'\n    return x\n\ny",
+    "NUL bytes": "\n    return 1\x00\n\nx", "replacement chars": "\n    \ufffd\ufffd = 1\n\n\ufffd",
+    "nested parens": "\n    x = " + "(" * 5000 + "\n\ny", "control chars": "\n    \x1b[2J\x07return 1\n\nx",
+}
+
+
 # --- the rewards (TRL's signature) ---------------------------------------------------------------------------
 
 
@@ -226,6 +236,15 @@ def line_share(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
     for body in _bodies(completions):
         lines = body.code_lines if body else []
         out.append(sum(parse_line(ln) is not False for ln in lines) / len(lines) if lines else 0.0)
+    return out
+
+
+def comment_share(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    """Share of the body's non-blank lines that are comments (a measure, not a reward: what the loophole pays for)."""
+    out = []
+    for body in _bodies(completions):
+        lines = body.code_lines if body else []
+        out.append(sum(parse_line(ln) is None for ln in lines) / len(lines) if lines else 0.0)
     return out
 
 
