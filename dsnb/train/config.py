@@ -184,7 +184,7 @@ class FinetuneConfig:
     extra_training_arguments: dict[str, Any] = _setting("optimisation", factory=dict)
     # notebook 05: curriculum by difficulty (dsnb.train.curriculum), adversarial embeddings (dsnb.train.adversarial),
     # augmented answers (dsnb.data.augment)
-    curriculum: str | None = _setting("curriculum")  # None, "discrete" (stages at max_seq_len/4, /2), "linear", "root"
+    curriculum: str | None = _setting("curriculum")  # None, "discrete", "linear", "root" (stages: thirds of the training set by length)
     curriculum_steps: int | None = _setting("curriculum")  # per stage (discrete) or ramp (None: a third / half of max_steps)
     adversarial: str | None = _setting("adversarial")  # None, "fgsm", "fgm" or "pgd": perturb the input embeddings
     adversarial_epsilon: float = _setting("adversarial", 0.01)
