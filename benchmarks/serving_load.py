@@ -185,10 +185,16 @@ async def _drive(url: str | list[str], prompts: list[str], n: int, clients: int,
             out.append((kind, r.status_code, r.headers.get("x-cache"), r.headers.get("x-request-id"),
                         time.perf_counter() - t0, attempt - 1))
 
-    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as http:
+    # one connection per client, as separate users have: one shared pool of 50 connections costs the client process
+    # more CPU the more of them are idle (httpcore checks every pooled connection on each request), so a faster
+    # server would have made the load generator itself the bottleneck
+    https = [httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=1)) for _ in range(clients)]
+    try:
         t0 = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
+        await asyncio.gather(*(client(http) for http in https))
         return out, time.perf_counter() - t0
+    finally:
+        await asyncio.gather(*(http.aclose() for http in https))
 
 
 def _drive_apart(*args: object, **kwargs: object) -> tuple[list[tuple], float, float]:
