@@ -273,7 +273,8 @@ def missing_beyond_section(rows: Sequence[LedgerRow]) -> str:
     where = sorted({f"{r.claim} ({_sources(r)})" for r in beyond_rows(rows) if not r.is_supplement})
     return (f"the notebooks state rows beyond the article ({', '.join(where)}) but README has no section for them: "
             f"add a line {BEYOND_START} and a line {BEYOND_END} where the table should go (e.g. under a heading "
-            "'## Beyond the article' after the claims ledger), then run python -m dsnb.course --ledger")
+            f"'### Beyond the article' after {END}, inside the claims ledger's section), then run "
+            "python -m dsnb.course --ledger")
 
 
 def differences(readme: str, rows: Sequence[LedgerRow]) -> list[str]:
