@@ -79,22 +79,28 @@ def _scores(reward: Callable[..., Any], completions: list[Any]) -> tuple[float, 
     return tuple(scores)
 
 
+#: What ``check_reward`` compares (a sentence, not the scores: a page prints rewards of 0.0 and 1.0 everywhere).
+EX2_AGREES = "scores every case as returns_a_value does"
+
+
 def check_reward(answer: Callable[..., Any] | None) -> bool:
     """Exercise 2: a reward function scoring EX2_CASES (and hostile completions) as ``returns_a_value`` does."""
     cases = list(EX2_CASES) + list(HOSTILE_COMPLETIONS.values())
     expected = _scores(returns_a_value, cases)
-    got: Any = None
+    verdict: str | None = None
     if answer is not None:
         got = _scores(answer, cases) if callable(answer) else f"{answer!r} is not a function"
         if isinstance(got, str):
             print(f"Exercise 2: {got}")
+            verdict = got
         else:
             wrong = [i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b]
             names = [f"case {i}" if i < len(EX2_CASES) else f"hostile: {list(HOSTILE_COMPLETIONS)[i - len(EX2_CASES)]}"
                      for i in wrong]
             if wrong:
                 print(f"Exercise 2: {len(wrong)} of {len(cases)} completions scored differently: {', '.join(names)}")
-    return check_choice("2 (a reward: returns a value)", got, expected,
+            verdict = f"{len(wrong)} cases differ" if wrong else EX2_AGREES
+    return check_choice("2 (a reward: returns a value)", verdict, EX2_AGREES,
                         hint="read the body with dsnb.train.rewards.split_body, check each line with parse_line "
                              "(an ast node, False or None) and look for an ast.Return whose value is not None; return "
                              "one float per completion and never raise.")
