@@ -1,5 +1,5 @@
-"""Training: recipes, one run path for every stage (SFT, distillation, DPO), losses, schedules, checkpoints,
-evaluation, monitoring (notebooks 03-08).
+"""Training: recipes, one run path for every stage (SFT, distillation, DPO, GRPO), losses, schedules, checkpoints,
+evaluation, monitoring, verifiable rewards and their sandbox (notebooks 03-08 and 12).
 
 Importing it registers the builder of the course's SFT model (``dsnb-tiny-sft``, trained here) with
 ``dsnb.model.resolve``, so ``load_model("dsnb-tiny-sft")`` builds it on first use in any process that trains.

@@ -15,13 +15,15 @@ seconds); the caller's process is never touched. The layers, each tested in ``te
    seconds, size of any file written (``file_mb``), open files, no core dumps. A wall-clock timeout
    (``seconds``) kills the process group even when it sleeps instead of computing.
 3. **An audit hook** (PEP 578, installed before the code is compiled; a hook cannot be removed from
-   Python code) that refuses: opening a file for writing outside the directory (paths resolved through
-   symbolic links and ``..``), reading files outside the directory and the standard library, every
-   socket operation and name lookup, starting or replacing processes (``subprocess``, ``os.system``,
-   ``os.exec*``, ``os.fork``, ``posix_spawn``), signalling other processes, changing files outside the
-   directory (remove, rename, chmod, links...), changing directory, ``ctypes`` (which could patch
-   memory around the hook) and ``setrlimit``. A refusal raises ``PermissionError`` in the guest and
-   is reported on stderr (``SandboxResult.refused``) even if the code catches it.
+   Python code, and its state lives in a closure the guest cannot reach: ``gc``'s object walks are
+   refused) that refuses: opening a file for writing outside the directory (paths resolved through
+   symbolic links and ``..``), reading or listing files outside the directory and the standard library,
+   every socket operation and name lookup, starting or replacing processes (``subprocess``,
+   ``os.system``, ``os.exec*``, ``os.fork``, ``posix_spawn``), signalling other processes, changing files
+   outside the directory (remove, rename, chmod, links...), changing directory, ``setrlimit``, and
+   importing the modules that reach around it (``ctypes``, ``_posixsubprocess``, ``socket``, ``_socket``,
+   ``multiprocessing``...). A refusal raises ``PermissionError`` in the guest and is reported on stderr
+   (``SandboxResult.refused``) even if the code catches it.
 4. **No network namespace** where the kernel allows one: with ``unshare -rn`` available (Linux, user
    namespaces on), the guest runs in a network namespace with no interface but a down loopback, so no
    connection can succeed even around the hook. ``sandbox_layers()`` says which layers this machine has.
