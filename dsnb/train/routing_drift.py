@@ -219,8 +219,9 @@ class RoutingProbe:
         """The same layout from ``generate``'s calls: the prefill's last position, then one call per new token."""
         layers = []
         for layer_calls in calls:
-            if not layer_calls or layer_calls[0].shape[0] != rows * prompt_len:
-                return None  # not the plain prefill + one-token decoding this reads
+            if not layer_calls or layer_calls[0].shape[0] != rows * prompt_len or any(
+                    c.shape[0] != rows for c in layer_calls[1:completion_len]):
+                return None  # not the plain prefill + one-token decoding (KV cache) this reads
             prefill = layer_calls[0].view(rows, prompt_len, -1)[:, -1:]
             steps = [c.view(rows, 1, -1) for c in layer_calls[1:completion_len]]
             routed = torch.cat([prefill, *steps], dim=1)
