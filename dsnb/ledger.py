@@ -272,8 +272,9 @@ def missing_beyond_section(rows: Sequence[LedgerRow]) -> str:
     """What to add to a README without the beyond markers while notebooks state ``rows`` beyond the article."""
     where = sorted({f"{r.claim} ({_sources(r)})" for r in beyond_rows(rows) if not r.is_supplement})
     return (f"the notebooks state rows beyond the article ({', '.join(where)}) but README has no section for them: "
-            f"add a line {BEYOND_START} and a line {BEYOND_END} where the table should go (e.g. under a heading "
-            f"'### Beyond the article' after {END}, inside the claims ledger's section), then run "
+            f"add a line {BEYOND_START} and a line {BEYOND_END} where the table should go (e.g. under "
+            f"a paragraph 'Beyond the article.' after {END}, inside the claims ledger's section: a heading below the "
+            "section's level breaks the site's ledger page), then run "
             "python -m dsnb.course --ledger")
 
 
