@@ -63,6 +63,21 @@ def check_parameters(notebooks: list[Path], parameters: dict[str, Any]) -> None:
                          f"Valid names: {', '.join(valid)}")
 
 
+def coalesce_streams(path: Path) -> None:
+    """Join each cell's consecutive stream messages into one output block per stream, in place.
+
+    A kernel sends every flushed print as its own message; stored one by one, a training cell's ten
+    progress lines become ten output blocks. nbconvert's ``CoalesceStreamsPreprocessor`` joins them
+    (what ``jupyter nbconvert --coalesce-streams`` does).
+    """
+    import nbformat
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    nb = nbformat.read(path, as_version=4)
+    nb, _ = CoalesceStreamsPreprocessor(enabled=True).preprocess(nb, {})
+    nbformat.write(nb, path)
+
+
 def _execute_one(path: Path, out: Path, parameters: dict[str, str]) -> dict:
     import papermill
 
@@ -71,6 +86,7 @@ def _execute_one(path: Path, out: Path, parameters: dict[str, str]) -> dict:
         str(path), str(out), parameters=parameters, kernel_name="python3",
         progress_bar=False, cwd=str(path.parent),
     )
+    coalesce_streams(out)
     # The kernel ran as a child of this process and has exited: its peak RSS is in RUSAGE_CHILDREN.
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"seconds": time.perf_counter() - start, "peak_mib": peak_kib / 1024}

@@ -2,7 +2,9 @@
 
 A tqdm bar redraws itself thousands of times, which turns into walls of text in CI logs and in
 saved notebook outputs. ``LineProgress`` instead prints about ten lines per run, each with the
-rate and the ETA, then a one-line summary. Used by every training run of the course.
+rate and the ETA, then a one-line summary. Used by every training run of the course. The lines go to
+standard output by default, like the cell's other prints, so a notebook cell that trains keeps one
+output block instead of alternating stdout and stderr blocks.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ class LineProgress(TrainerCallback):
     def __init__(self, label: str = "training", lines: int = 10, stream=None):
         self.label = label
         self.lines = max(1, lines)
-        self.stream = stream or sys.stderr
+        self.stream = stream  # None: sys.stdout at print time (a notebook kernel swaps it per cell)
         self._start = 0.0
         self._next = 0
         self._last_loss: float | None = None
 
     def _print(self, msg: str) -> None:
-        print(msg, file=self.stream, flush=True)
+        print(msg, file=self.stream or sys.stdout, flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()

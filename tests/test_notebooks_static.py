@@ -145,6 +145,54 @@ def test_every_figure_has_a_title_and_axis_labels(nb):
         assert not missing, f"a figure without its {', '.join(missing)} (with units):\n{cell.source}"
 
 
+_BARS = re.compile(r"\.(?:bar|barh)\(|kind\s*=\s*[\"']barh?[\"']")
+_AXIS_LIMIT = re.compile(r"\b(?:set_)?([xy])lim\s*(?:=|\()\s*\(?\s*([^,()\]]+)")
+_FROM_ZERO = re.compile(r"0(?:\.0*)?|None|(?:bottom|left)\s*=\s*0(?:\.0*)?|(?:top|right)\s*=.*")
+_LOG_SCALE = re.compile(r"\b(?:set_)?([xy])scale\s*(?:=|\()\s*[\"']log")
+
+
+def test_bar_axes_start_at_zero(nb):
+    """A bar's length is its value: a bar chart's value axis is not cut above zero, and a log value axis
+    says so in its label (bars on a log axis compare ratios, not lengths)."""
+    for cell in _code_cells(nb):
+        if not _BARS.search(cell.source):
+            continue
+        for axis, low in _AXIS_LIMIT.findall(cell.source):
+            assert _FROM_ZERO.fullmatch(low.strip()), (
+                f"a bar chart's {axis} axis starts at {low.strip()!r}, not 0: a cut axis makes small "
+                f"differences look large\n{cell.source}")
+        for axis in _LOG_SCALE.findall(cell.source):
+            assert re.search(rf"{axis}label\s*=\s*[\"'][^\"']*log", cell.source), (
+                f"a bar chart on a log {axis} axis without '(log...)' in its {axis} label\n{cell.source}")
+
+
+def test_no_figure_is_stored_twice(nb):
+    """The same picture stored in two outputs doubles the notebook's size and the reader's scrolling."""
+    seen: dict[str, int] = {}
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            png = out.get("data", {}).get("image/png")
+            if png:
+                assert png not in seen, f"cells {seen[png]} and {i} store the same figure: show it once"
+                seen[png] = i
+
+
+_PROGRESS_LINE = re.compile(r"^\S+: (?:step \d+/\d+ |done, \d+ steps|\d+ steps$)", re.M)
+
+
+def test_one_output_block_per_stream(nb):
+    """A cell's prints form one stdout block (progress lines included) and at most one stderr block
+    (library warnings): no walls of one-line blocks, no progress interleaved on stderr."""
+    for i, cell in enumerate(nb.cells):
+        names = [o.name for o in cell.get("outputs", []) if o.output_type == "stream"]
+        assert names.count("stdout") <= 1 and names.count("stderr") <= 1, (
+            f"cell {i} stores {len(names)} stream blocks {names}: progress goes to stdout "
+            f"(dsnb.progress) and the re-run joins blocks (dsnb.course.coalesce_streams)")
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream" and out.name == "stderr":
+                assert not _PROGRESS_LINE.search(out.text), f"cell {i}: progress lines on stderr"
+
+
 def test_executed_in_order(nb):
     counts = [c.execution_count for c in _code_cells(nb)]
     assert counts == list(range(1, len(counts) + 1)), f"execution counts {counts}: re-run top to bottom"
@@ -188,6 +236,23 @@ def test_the_new_rules_fail_when_they_should():
     with pytest.raises(AssertionError, match="y label"):
         test_every_figure_has_a_title_and_axis_labels(
             _notebook(new_code_cell("ax.plot(x)\nax.set(title='t', xlabel='step')", outputs=[png])))
+    for cut in ("ax.set_ylim(0.9 * min(v), None)", "ax.set(ylim=(min(v) * 0.97, 1))", "plt.xlim(2, 9)"):
+        with pytest.raises(AssertionError, match="not 0"):
+            test_bar_axes_start_at_zero(_notebook(new_code_cell(f"ax.bar(x, v)\n{cut}")))
+    for fine in ("ax.set_ylim(0, 1.1 * max(v))", "ax.set_ylim(bottom=0)", "ax.set(ylim=(0, 1))", "ax.set_ylim(top=2)"):
+        test_bar_axes_start_at_zero(_notebook(new_code_cell(f"ax.bar(x, v)\n{fine}")))
+    with pytest.raises(AssertionError, match="log y axis"):
+        test_bar_axes_start_at_zero(_notebook(new_code_cell("ax.bar(x, v)\nax.set_yscale('log')\nax.set(ylabel='s')")))
+    test_bar_axes_start_at_zero(_notebook(new_code_cell("ax.barh(x, v)\nax.set(xscale='log', xlabel='n (log scale)')")))
+    twice = [new_output("display_data", data={"image/png": "AAAA", "text/plain": "<Figure>"}) for _ in range(2)]
+    with pytest.raises(AssertionError, match="same figure"):
+        test_no_figure_is_stored_twice(_notebook(new_code_cell("a", outputs=twice[:1]), new_code_cell("b", outputs=twice[1:])))
+    lines = [new_output("stream", name="stdout", text=f"{k}\n") for k in range(2)]
+    with pytest.raises(AssertionError, match="stream blocks"):
+        test_one_output_block_per_stream(_notebook(new_code_cell("train()", outputs=lines)))
+    progress = new_output("stream", name="stderr", text="sft: step 6/60 last logged loss 4.6 6.75 steps/s\n")
+    with pytest.raises(AssertionError, match="progress lines on stderr"):
+        test_one_output_block_per_stream(_notebook(new_code_cell("train()", outputs=[progress])))
     widget = new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {}, "text/plain": ""})
     with pytest.raises(AssertionError, match="widget"):
         test_no_widget_state(_notebook(new_code_cell("load()", outputs=[widget])))
