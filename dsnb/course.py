@@ -5,6 +5,8 @@ executed copies to ``build/course/`` (the committed notebooks are left untouched
 table of each notebook's wall time and peak memory. ``-p NAME VALUE`` overrides a value of every
 notebook's parameters cell, e.g. ``-p MODEL deepseek-ai/deepseek-coder-1.3b-base`` on a GPU machine.
 
+``python -m dsnb.course --coalesce notebooks/NN_name.ipynb`` runs nothing: it joins each cell's stream blocks
+of a notebook executed in place by ``jupyter nbconvert``, as the committed notebooks are stored.
 ``python -m dsnb.course --ledger`` runs nothing: it rewrites README's claims ledger from the ledger outputs
 of the committed notebooks (``dsnb.ledger``); ``--ledger --check`` only compares and exits 1 on a difference.
 """
@@ -148,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="render README's claims ledger from the committed notebooks' ledger outputs")
     parser.add_argument("--check", action="store_true", help="with --ledger: only compare, exit 1 if README differs")
     parser.add_argument("--readme", default="README.md", help="with --ledger: the README to render into")
+    parser.add_argument("--coalesce", nargs="+", metavar="NOTEBOOK",
+                        help="run nothing: join each cell's stream blocks in these notebooks, in place (after "
+                             "`jupyter nbconvert --execute --inplace`, which stores every flushed print apart)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -161,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         except (LedgerError, FileNotFoundError) as exc:
             print(f"ledger: {exc}", file=sys.stderr)
             return 2
+    if args.coalesce:
+        for path in args.coalesce:
+            coalesce_streams(Path(path))
+        return 0
     if args.one:
         print(json.dumps(_execute_one(Path(args.one), Path(args.out), json.loads(args.params))))
         return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from dsnb.course import coalesce_streams, main, notebooks_in, render, run_course
+from dsnb.course import main, notebooks_in, render, run_course
 
 
 def _write(path, code: str, params: str = "N = 3"):
@@ -44,7 +44,7 @@ def test_coalesce_streams_joins_consecutive_blocks_of_the_same_stream(tmp_path):
         out("stream", name="stdout", text="a\n"), out("stream", name="stdout", text="b\n"),
         out("stream", name="stderr", text="warning\n"), out("stream", name="stdout", text="c\n")])]
     nbformat.write(nb, tmp_path / "n.ipynb")
-    coalesce_streams(tmp_path / "n.ipynb")
+    assert main(["--coalesce", str(tmp_path / "n.ipynb")]) == 0  # = coalesce_streams(path)
     got = nbformat.read(tmp_path / "n.ipynb", as_version=4).cells[0].outputs
     assert [(o.name, o.text) for o in got] == [("stdout", "a\nb\n"), ("stderr", "warning\n"), ("stdout", "c\n")]
 

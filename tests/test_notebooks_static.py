@@ -181,14 +181,17 @@ _PROGRESS_LINE = re.compile(r"^\S+: (?:step \d+/\d+ |done, \d+ steps|\d+ steps$)
 
 
 def test_one_output_block_per_stream(nb):
-    """A cell's prints form one stdout block (progress lines included) and at most one stderr block
-    (library warnings): no walls of one-line blocks, no progress interleaved on stderr."""
+    """A cell's prints form one stdout block (progress lines included) between its figures and tables, and at
+    most one stderr block (a library's warning): no walls of one-line blocks, no progress on stderr."""
     for i, cell in enumerate(nb.cells):
-        names = [o.name for o in cell.get("outputs", []) if o.output_type == "stream"]
-        assert names.count("stdout") <= 1 and names.count("stderr") <= 1, (
-            f"cell {i} stores {len(names)} stream blocks {names}: progress goes to stdout "
-            f"(dsnb.progress) and the re-run joins blocks (dsnb.course.coalesce_streams)")
-        for out in cell.get("outputs", []):
+        outputs = cell.get("outputs", [])
+        names = [o.get("name") if o.output_type == "stream" else None for o in outputs]
+        blocks = [n for n in names if n]
+        joined = all(a is None or a != b for a, b in zip(names, names[1:], strict=False))
+        assert joined and blocks.count("stderr") <= 1, (
+            f"cell {i} stores stream blocks {blocks}: progress goes to stdout (dsnb.progress) and the re-run "
+            f"joins a cell's blocks (python -m dsnb.course --coalesce)")
+        for out in outputs:
             if out.output_type == "stream" and out.name == "stderr":
                 assert not _PROGRESS_LINE.search(out.text), f"cell {i}: progress lines on stderr"
 
@@ -250,6 +253,8 @@ def test_the_new_rules_fail_when_they_should():
     lines = [new_output("stream", name="stdout", text=f"{k}\n") for k in range(2)]
     with pytest.raises(AssertionError, match="stream blocks"):
         test_one_output_block_per_stream(_notebook(new_code_cell("train()", outputs=lines)))
+    figure = new_output("display_data", data={"image/png": "AAAA", "text/plain": "<Figure>"})
+    test_one_output_block_per_stream(_notebook(new_code_cell("train()", outputs=[lines[0], figure, lines[1]])))
     progress = new_output("stream", name="stderr", text="sft: step 6/60 last logged loss 4.6 6.75 steps/s\n")
     with pytest.raises(AssertionError, match="progress lines on stderr"):
         test_one_output_block_per_stream(_notebook(new_code_cell("train()", outputs=[progress])))
