@@ -12,7 +12,7 @@ memory). Each run ends with a misses-only phase (``--saturate`` requests, every 
 model servers' throughput through the gateway, which is what batching changes; then the same number of
 misses goes straight to the two model servers over HTTP (their API key, no gateway), which measures the model
 servers alone: on two shared cores the gateway's and the clients' CPU per request, which batching does not
-shrink, caps the ratio through the gateway (CPU per answer of each process is printed for both). The mixed
+shrink, takes CPU from the model servers (CPU per answer of each process is printed for both). The mixed
 run's own throughput is bound by the gateway and the clients, since four in five of its requests never reach
 a model.
 Before both runs, the engine alone (``engine_alone``: no HTTP, in this process) is timed the same two ways,

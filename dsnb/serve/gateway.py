@@ -46,8 +46,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import aiohttp
 import anyio
-import httpx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -86,6 +86,10 @@ MAX_IN_FLIGHT = 256
 #: Seconds the gateway keeps an idle connection to a backend for reuse: under the 5 s after which a backend on
 #: uvicorn's defaults closes it (see ``dsnb.serve.runner.KEEP_ALIVE_S`` for the servers dsnb starts).
 BACKEND_KEEP_ALIVE_S = 2.0
+#: Connections the gateway holds to all its backends together (more requests wait for one).
+MAX_BACKEND_CONNECTIONS = 200
+#: Seconds a health probe of a backend may take.
+HEALTH_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -243,7 +247,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         if store is not None:
             self.metrics.watch_store(store)
-        self.client: httpx.AsyncClient | None = None
+        self.client: aiohttp.ClientSession | None = None
         self.app = self._build_app()
 
     # -- health -------------------------------------------------------------------------------------
@@ -251,15 +255,15 @@ class Gateway:
         """Probe ``/readyz`` and ``/v1/models``; mark the backend healthy or not and learn its model."""
         assert self.client is not None
         try:
-            ready = await self.client.get(backend.url + "/readyz", timeout=5.0)
-            if ready.status_code == 404:  # an OpenAI server without /readyz (vLLM has /health)
-                ready = await self.client.get(backend.url + "/health", timeout=5.0)
-            models = await self.client.get(backend.url + "/v1/models", headers=backend.headers(), timeout=5.0)
-            ok = ready.status_code == 200 and models.status_code == 200
+            ready, _ = await self._get(backend, "/readyz")
+            if ready == 404:  # an OpenAI server without /readyz (vLLM has /health)
+                ready, _ = await self._get(backend, "/health")
+            status, models = await self._get(backend, "/v1/models")
+            ok = ready == 200 and status == 200
             if ok:
-                info = models.json()["data"][0]
+                info = json.loads(models)["data"][0]
                 backend.model_id, backend.version = info["id"], info.get("version") or info["id"]
-        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError):
+        except (aiohttp.ClientError, TimeoutError, KeyError, IndexError, TypeError, ValueError):
             ok = False
         if ok != backend.healthy:
             logger.warning("backend %s is now %s", backend.url, "healthy" if ok else "unhealthy")
@@ -267,6 +271,12 @@ class Gateway:
         if ok:
             backend.errors_in_row = 0
         return ok
+
+    async def _get(self, backend: Backend, path: str) -> tuple[int, bytes]:
+        assert self.client is not None
+        async with self.client.get(backend.url + path, headers=backend.headers(),
+                                   timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as resp:
+            return resp.status, await resp.read()
 
     async def check_health(self) -> dict[str, int]:
         """Probe every backend once; the number of healthy backends per variant."""
@@ -321,9 +331,11 @@ class Gateway:
             data = json.dumps(dict(body, model=backend.model_id or body.get("model")), allow_nan=False).encode()
             backend.outstanding += 1
             try:
-                resp = await self.client.post(backend.url + path, content=data, timeout=self.timeout,
-                                              headers={**backend.headers(), "content-type": "application/json"})
-            except httpx.TransportError as exc:
+                async with self.client.post(backend.url + path, data=data,
+                                            timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                            headers={**backend.headers(), "content-type": "application/json"}) as resp:
+                    status, raw = resp.status, await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:  # no answer: connection refused or dropped, timeout
                 backend.failures += 1
                 self._unhealthy(pool, backend, f"{type(exc).__name__}")
                 logger.warning("backend %s failed (%s); failing over", backend.url, type(exc).__name__)
@@ -332,26 +344,26 @@ class Gateway:
             finally:
                 backend.outstanding -= 1
             try:
-                payload = resp.json()
+                payload = json.loads(raw)
             except ValueError:
                 payload = None
-            if resp.status_code == 429:
+            if status == 429:
                 busy += 1
                 continue
-            if resp.status_code >= 500 or not isinstance(payload, dict):
+            if status >= 500 or not isinstance(payload, dict):
                 backend.failures += 1
                 backend.errors_in_row += 1
                 error = payload.get("error") if isinstance(payload, dict) else None
-                detail = error.get("message") if isinstance(error, dict) else resp.text[:200]
-                failed = (backend.url, resp.status_code, detail)
+                detail = error.get("message") if isinstance(error, dict) else raw[:200].decode(errors="replace")
+                failed = (backend.url, status, detail)
                 if backend.errors_in_row >= self.max_server_errors:
                     self._unhealthy(pool, backend, f"{backend.errors_in_row} server errors in a row")
-                logger.warning("backend %s answered %d; failing over", backend.url, resp.status_code)
+                logger.warning("backend %s answered %d; failing over", backend.url, status)
                 self.metrics.failovers.labels(pool.variant).inc()
                 continue
             backend.errors_in_row = 0
             backend.served += 1
-            return resp.status_code, payload, backend.url
+            return status, payload, backend.url
         if failed is not None:
             url, status, detail = failed
             return 502, {"error": {"message": f"the backends of variant {pool.variant!r} failed (last: {url} answered "
@@ -515,9 +527,11 @@ class Gateway:
                                "can use the backends; keep it on loopback", self.experiment.name)
             # An idle connection to a backend is dropped after BACKEND_KEEP_ALIVE_S, before a backend on uvicorn's
             # default (5 s: vLLM's server, for one) closes it: reusing one the backend is closing at that moment
-            # fails without an answer and would count as the backend failing.
-            self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=200,
-                                                                keepalive_expiry=BACKEND_KEEP_ALIVE_S))
+            # fails without an answer and would count as the backend failing. aiohttp, not httpx: httpcore's pool
+            # checks every pooled connection (a system call each) on every request, which at 50 connections
+            # cost the gateway more CPU than the rest of the request (benchmarks/serving_load.py).
+            self.client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                limit=MAX_BACKEND_CONNECTIONS, keepalive_timeout=BACKEND_KEEP_ALIVE_S), auto_decompress=False)
             await self.check_health()
             task = asyncio.create_task(self._health_loop())
             try:
@@ -526,7 +540,7 @@ class Gateway:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                await self.client.aclose()
+                await self.client.close()
                 if self.store is not None:  # uvicorn ends the process right after a SIGTERM: commit the rows now
                     await anyio.to_thread.run_sync(self.store.drain)
 
