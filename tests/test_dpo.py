@@ -132,7 +132,7 @@ def test_cli_runs_a_dpo_recipe_and_resumes(base_dir, tmp_path):
     assert any("rewards/accuracies" in row for row in r["log_history"])
     assert (out / "final" / "adapter_config.json").is_file()
     assert (out / "checkpoint-2" / "manifest.json").is_file()
-    assert "dpo: step 2/2" in proc.stderr
+    assert "dpo: step 2/2" in proc.stdout  # progress lines go to stdout (dsnb.progress)
     again = subprocess.run([sys.executable, "-m", "dsnb.train", str(TINY), *args,
                             "--set", "max_steps=3", "--resume", "auto"], cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
