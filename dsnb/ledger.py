@@ -48,6 +48,12 @@ class LedgerError(ValueError):
     """A ledger row, a notebook's ledger output or README's ledger section is missing or malformed."""
 
 
+#: An f-string placeholder with a subscript, attribute or format spec (``{kept['x']:.2f}``) left in the text: a
+#: piece of the string without its ``f`` prefix. A bare ``{name}`` is allowed (a label set reads like one).
+_UNFORMATTED = re.compile(r"\{[A-Za-z_]\w*(?:\[[^\]{}]*\]|\.\w+)*(?:![rsa])?(?::[^{}]*)?\}")
+_UNFORMATTED_NEEDS = re.compile(r"[\[.:!]")
+
+
 @dataclass(frozen=True)
 class LedgerRow:
     """One claim of the article as one notebook checked it.
@@ -78,6 +84,11 @@ class LedgerRow:
                 raise LedgerError(f"{self.claim}: {name} must be one line of text")
         if not self.method.strip() or not self.measured.strip():
             raise LedgerError(f"{self.claim}: method and measured must not be empty")
+        for name in ("article", "method", "measured", "verdict"):
+            for left in _UNFORMATTED.finditer(getattr(self, name)):
+                if _UNFORMATTED_NEEDS.search(left.group()):
+                    raise LedgerError(f"{self.claim}: {name} holds {left.group()!r}, a placeholder left unformatted: "
+                                      "add the f prefix to that piece of the string")
         if bool(self.article.strip()) != bool(self.verdict.strip()):
             raise LedgerError(f"{self.claim}: give both the article's wording and a verdict, or neither (a supplement)")
 

@@ -148,11 +148,13 @@ def leaks(answer: Accepted, text: str, own: bool = True) -> list[str]:
                 return []
         tol = max(answer.rel_tol or 0.0, 1e-9)
         if own:  # within tolerance, and printed that precisely ("120" is not a print of 116.4 at 3%)
-            hits = {tok for tok, v, half in numbers(text) if math.isclose(v, x, rel_tol=tol) and half <= max(tol * abs(x), 0.5)}
+            hits = {tok for tok, v, half in numbers(text)  # a sign is not a disguise: a saving printed as "−90%"
+                    if math.isclose(abs(v), abs(x), rel_tol=tol) and half <= max(tol * abs(x), 0.5)}
         elif x.is_integer():  # a whole count (a length, a batch) is searched on its own page only
             hits = set()
         else:  # the answer rounded to the page's digits, four significant ones at least
-            hits = {tok for tok, v, half in numbers(text) if abs(v - x) <= half * (1 + 1e-9) and half <= 0.0005 * abs(v)}
+            hits = {tok for tok, v, half in numbers(text)
+                    if abs(abs(v) - abs(x)) <= half * (1 + 1e-9) and half <= 0.0005 * abs(v)}
         return sorted(hits)
     found = []
     lines = [line for line in text.splitlines() if line.strip()]
@@ -209,6 +211,8 @@ def test_catches_a_planted_number():
     assert leaks(Accepted("m", "c", 32, rel_tol=0.0), "fp32 has 32 layers") == []  # small integers are not searched
     assert leaks(Accepted("m", "c", 116.4, rel_tol=0.03), "about 120 steps") == []  # too coarse to be the answer
     assert leaks(Accepted("m", "c", 116.4, rel_tol=0.03), "116 GiB per GPU") == ["116"]
+    assert leaks(Accepted("m", "c", 0.8986, rel_tol=0.01), "activations −90%") == ["−90%"]  # a saving as a change
+    assert leaks(Accepted("m", "c", 0.8986, rel_tol=0.01), "activations -89.86%", own=False) == ["-89.86%"]
 
 
 def test_catches_a_planted_word():

@@ -3,13 +3,7 @@ notebook prints for its own settings."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from transformers import DeepseekV3ForCausalLM
-
 from dsnb.exercises import nb03
-from dsnb.model.lora import lora_target_modules
-from dsnb.model.pretrain import tiny_deepseek_config
 from dsnb.train.schedules import library_lr_curve, warmup_linear_floor_lr
 
 
@@ -34,18 +28,14 @@ def test_tokens_per_step():
     assert not nb03.check_tokens_per_step(4 * 6 * 4096)  # the GPUs forgotten
 
 
-def test_lora_parameters_by_hand_match_peft():
-    torch.manual_seed(0)
-    model = DeepseekV3ForCausalLM(tiny_deepseek_config())
-    base_n = sum(p.numel() for p in model.parameters())
-    targets = set(lora_target_modules(model))
-    lora_n = sum(32 * (m.in_features + m.out_features) for name, m in model.named_modules()
-                 if isinstance(m, nn.Linear) and name.split(".")[-1] in targets and ".layers." in name)
-    assert nb03.expected_lora_parameters(model) == lora_n
-    assert nb03.check_lora_parameters(lora_n, model) and nb03.check_lora_parameters(lora_n)  # default: the tiny shape
-    assert not nb03.check_lora_parameters(lora_n / 4, model)  # the notebook's rank 8
-    assert not nb03.check_lora_parameters(lora_n / (base_n + lora_n), model)  # a share, not a count
-    assert sum(p.numel() for p in model.parameters()) == base_n  # the check works on a copy
+def test_lora_parameters_of_a_real_model():
+    h, m, layers, r = 4096, 11008, 32, 16  # deepseek-coder-6.7b-base, rank 16, every decoder linear layer
+    right = layers * r * (4 * (h + h) + 3 * (h + m))
+    assert nb03.expected_lora_parameters() == right == 39_976_960
+    assert nb03.check_lora_parameters(right)
+    assert not nb03.check_lora_parameters(layers * r * 4 * (h + h))  # attention only
+    assert not nb03.check_lora_parameters(right / 2)  # the notebook's rank 8
+    assert not nb03.check_lora_parameters(right / layers)  # one layer
 
 
 def test_solutions(capsys):

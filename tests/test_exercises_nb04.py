@@ -19,11 +19,11 @@ def test_t2_kl(capsys):
     assert "Hint" in capsys.readouterr().out
 
 
-def test_batchmean_factor():
-    assert nb04.check_batchmean_factor(384)
-    assert not nb04.check_batchmean_factor(2)  # the batch size
-    assert not nb04.check_batchmean_factor(64)  # the page's sequence length
-    assert math.isclose(nb04.batchmean_factor(3, 5), 5, rel_tol=1e-5)
+def test_masked_batchmean_factor():
+    assert nb04.check_masked_batchmean_factor(250)  # (512 + 300 + 128 + 60) / 4
+    assert not nb04.check_masked_batchmean_factor(512)  # the padded length: what unmasked batchmean gives
+    assert not nb04.check_masked_batchmean_factor(4)  # the batch size
+    assert math.isclose(nb04.masked_batchmean_factor((5, 3), 5), 4, rel_tol=1e-5)
 
 
 def test_topk_storage():

@@ -18,12 +18,13 @@ def test_qk_savings():
 
 def test_checkpointing_saving():
     plan = TrainingPlan(seq_len=4096)
-    a = estimate_training_memory("deepseek-coder-6.7b-base", plan).activations
-    b = estimate_training_memory("deepseek-coder-6.7b-base", plan, gradient_checkpointing=True).activations
+    a = estimate_training_memory("deepseek-coder-33b-base", plan).activations
+    b = estimate_training_memory("deepseek-coder-33b-base", plan, gradient_checkpointing=True).activations
     assert 0 < b < a
     assert nb08.check_checkpointing_saving(1 - b / a)
     assert not nb08.check_checkpointing_saving(b / a)  # the share kept, not saved
     assert not nb08.check_checkpointing_saving(0.5)
+    assert not nb08.check_checkpointing_saving(nb08.expected_checkpointing_saving("deepseek-coder-6.7b-base"))  # 00's
 
 
 def test_solutions(capsys):
@@ -31,4 +32,4 @@ def test_solutions(capsys):
     nb08.solution(2)
     out = capsys.readouterr().out
     assert "503,316,480" in out and f"{nb08.expected_checkpointing_saving():.1%}" in out
-    assert "this 32-layer model" in out  # deepseek-coder-6.7b's config, not deepseek-llm-7b's 30
+    assert "this 62-layer model" in out  # deepseek-coder-33b's config

@@ -95,9 +95,12 @@ def test_rows_check_their_fields():
     for bad, match in [(dict(claim="C34"), "not a claim id"), (dict(claim="B100"), "not a claim id"),
                        (dict(claim="X01"), "B01 … B99 beyond the article"), (dict(evidence="somewhere"), "evidence"),
                        (dict(evidence=()), "evidence"), (dict(measured="two\nlines"), "one line"),
-                       (dict(verdict=""), "both the article's wording and a verdict"), (dict(measured=" "), "must not be empty")]:
+                       (dict(verdict=""), "both the article's wording and a verdict"), (dict(measured=" "), "must not be empty"),
+                       (dict(measured="plain {kept['F.cross_entropy alone']:.2f}×"), "unformatted"),
+                       (dict(verdict="**x** at {ratio:.1f}×"), "unformatted"), (dict(method="{cfg.steps} steps"), "unformatted")]:
         with pytest.raises(L.LedgerError, match=match):
             _row(**{"claim": bad.pop("claim", "C01"), **bad})
+    assert _row(measured="rejected, counted in dsnb_gateway_rejected_total{reason}; sets {0, 1}")  # not placeholders
 
 
 def test_payload_survives_json():

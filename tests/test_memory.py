@@ -316,3 +316,15 @@ def test_training_precision_names_map_onto_the_estimator():
     for name, canonical in TRAINING_PRECISIONS.items():
         assert TrainingPlan(precision=name) == TrainingPlan(precision=canonical)
         assert canonical in PRECISIONS
+
+
+def test_lora_count_equals_peft_on_a_llama_shape():
+    """The count the estimator (and notebook 03's exercise 3) uses is what peft trains with 'all-linear'."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, target_modules="all-linear"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert lora_parameter_count(ModelShape.from_config(config), 8)[0] == trainable

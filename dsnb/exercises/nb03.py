@@ -1,19 +1,17 @@
 """Exercise checks and worked solutions for notebook 03 (supervised fine-tuning).
 
 Expected values are computed by dsnb and the libraries. The questions move the notebook's settings
-elsewhere (another run's logged learning rates, a multi-GPU recipe, another LoRA rank), so the page
+elsewhere (another run's logged learning rates, a multi-GPU recipe, LoRA on a real model), so the page
 does not print their answers.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import nn
 
 from dsnb.exercises import Solutions, check_number
-from dsnb.model.lora import apply_lora
+from dsnb.plan.memory import lora_parameter_count
+from dsnb.plan.shape import as_shape
 from dsnb.train.config import effective_batch
 from dsnb.train.schedules import warmup_linear_floor_lr
 
@@ -28,8 +26,8 @@ EX1_LOGGED = ((1_750, 1.01e-4), (2_550, 5.15e-5))
 EX1_RUN = (2e-4, 150, 3_350)
 #: Exercise 2: a recipe's GPUs, sequences per GPU, accumulation steps and sequence length (packed, no padding).
 EX2_GPUS, EX2_PER_DEVICE, EX2_ACCUMULATION, EX2_SEQ_LEN = 8, 4, 6, 4096
-#: Exercise 3: the LoRA rank asked about (the notebook trains rank 8, attention and MLPs, no experts).
-EX3_RANK = 32
+#: Exercise 3: a LoRA recipe for a real model, rank 16 on every decoder linear layer (the notebook: rank 8, tiny model).
+EX3_MODEL, EX3_RANK = "deepseek-coder-6.7b-base", 16
 
 
 def expected_total_steps(logged: tuple[tuple[int, float], ...] = EX1_LOGGED, floor: float = EX1_FLOOR) -> float:
@@ -92,37 +90,30 @@ padding makes the trained tokens fewer: count the answer tokens (label != -100) 
 """
 
 
-def expected_lora_parameters(model: nn.Module, r: int = EX3_RANK) -> int:
-    """Parameters LoRA of rank ``r`` trains on a copy of ``model`` (the notebook's targets, peft counts them)."""
-    return apply_lora(copy.deepcopy(model), r=r, alpha=2 * r).num_parameters(only_trainable=True)
+def expected_lora_parameters(model: str = EX3_MODEL, r: int = EX3_RANK) -> int:
+    """Parameters LoRA of rank ``r`` trains on every decoder linear layer of ``model`` (``dsnb.plan``'s count,
+    which tests/test_memory.py checks against peft)."""
+    return lora_parameter_count(as_shape(model), r, "all-linear")[0]
 
 
-def check_lora_parameters(answer: float | None, model: nn.Module | None = None) -> bool:
-    """Exercise 3: how many parameters LoRA trains on ``model`` at rank 32 (same targets as the notebook).
-
-    Without ``model``: the course's tiny DeepSeek-V3 shape (the count depends on the shapes, not the weights).
-    """
-    if model is None:
-        from transformers import DeepseekV3ForCausalLM
-
-        from dsnb.model.pretrain import tiny_deepseek_config
-
-        model = DeepseekV3ForCausalLM(tiny_deepseek_config())
-    return check_number("3 (LoRA parameters at rank 32)", answer, expected_lora_parameters(model), rel_tol=0.01,
-                        hint="each adapted nn.Linear(in, out) gets r·(in + out) parameters; sum over the targets "
-                             "(lora.lora_target_modules(base) names them).")
+def check_lora_parameters(answer: float | None) -> bool:
+    """Exercise 3: how many parameters LoRA trains on deepseek-coder-6.7b at rank 16, every decoder linear layer."""
+    return check_number("3 (LoRA parameters, 6.7B at rank 16)", answer, expected_lora_parameters(), rel_tol=0.01,
+                        hint="each adapted nn.Linear(in, out) gets r·(in + out) parameters: add up the seven "
+                             "matrices of one layer, then multiply by the layers.")
 
 
 @SOLUTIONS.register(3)
 def _solution_3() -> str:
+    shape = as_shape(EX3_MODEL)
+    h, m, n = shape.hidden_size, shape.intermediate_size, shape.num_hidden_layers
+    attention, mlp = 4 * EX3_RANK * (h + h), 3 * EX3_RANK * (h + m)
     return f"""
 LoRA adds A (r × in) and B (out × r) beside each targeted nn.Linear(in, out): r·(in + out) parameters.
-Summed over the targets (lora_target_modules(model): attention and MLP projections, routers and routed
-experts left out):
-  from dsnb.model.lora import lora_target_modules
-  lora_n = sum({EX3_RANK} * (m.in_features + m.out_features) for name, m in base.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in lora_target_modules(base))
-Rank {EX3_RANK} is 4× the notebook's rank 8, so the adapters are exactly 4× as large: the count grows
-linearly with r, while the share of the whole model grows a little less (the total grows too).
-Computed: nb03.expected_lora_parameters(base) (peft on a copy).
+{EX3_MODEL}: hidden {h}, MLP {m}, {n} layers, as many key/value heads as heads, so per layer
+  q, k, v, o: 4 × {EX3_RANK} × ({h} + {h}) = {attention:,}
+  gate, up, down: 3 × {EX3_RANK} × ({h} + {m}) = {mlp:,}
+  × {n} layers = {(attention + mlp) * n:,} trainable parameters (dsnb.plan.memory.lora_parameter_count:
+  {expected_lora_parameters():,}), about {expected_lora_parameters() / shape.parameter_count():.2%} of the model.
+The count grows linearly with r; the MLP takes most of it because its matrices are wider.
 """

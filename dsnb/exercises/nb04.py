@@ -30,23 +30,32 @@ def check_t2_kl(answer: float | None, teacher: tuple[float, ...] = (2.0, 0.0, -2
                         hint="divide both logit vectors by T, softmax them, sum p·(log p − log q), multiply by T².")
 
 
-def batchmean_factor(batch: int, seq: int, vocab: int = 16) -> float:
-    """How many times ``KLDivLoss(reduction="batchmean")`` on ``(batch, seq, vocab)`` exceeds the per-token mean."""
+def masked_batchmean_factor(lengths: tuple[int, ...], seq: int, vocab: int = 16) -> float:
+    """How many times a padding-masked KL summed and divided by the batch size exceeds the KL per real token.
+
+    The half-fix of the article's ``batchmean``: per-position KLs (``kl_div(..., reduction="none").sum(-1)``)
+    multiplied by the padding mask, then ``.sum() / batch``. ``lengths``: real tokens of each sequence,
+    right-padded to ``seq``.
+    """
     g = torch.Generator().manual_seed(0)
-    log_q = torch.randn(batch, seq, vocab, generator=g).log_softmax(-1)
-    p = torch.randn(batch, seq, vocab, generator=g).softmax(-1)
-    per_token = torch.nn.functional.kl_div(log_q, p, reduction="sum") / (batch * seq)
-    return (torch.nn.KLDivLoss(reduction="batchmean")(log_q, p) / per_token).item()
+    log_q = torch.randn(len(lengths), seq, vocab, generator=g).log_softmax(-1)
+    p = torch.randn(len(lengths), seq, vocab, generator=g).softmax(-1)
+    mask = (torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]).to(log_q.dtype)
+    kl = torch.nn.functional.kl_div(log_q, p, reduction="none").sum(-1) * mask
+    per_real_token = kl.sum() / mask.sum()
+    return (kl.sum() / len(lengths) / per_real_token).item()
 
 
-#: Exercise 2: batch and sequence length of the 3-D logits (the page's batch is 4 × 64).
-EX2_BATCH, EX2_SEQ = 2, 384
+#: Exercise 2: real lengths of the batch's sequences, right-padded to EX2_SEQ (the page's batch is 4 × 64, no padding).
+EX2_LENGTHS, EX2_SEQ = (512, 300, 128, 60), 512
 
 
-def check_batchmean_factor(answer: float | None, batch: int = EX2_BATCH, seq: int = EX2_SEQ) -> bool:
-    """Exercise 2: the factor by which the article's ``batchmean`` KL on 3-D logits overstates the per-token KL."""
-    return check_number("2 (batchmean factor)", answer, batchmean_factor(batch, seq), rel_tol=0.01,
-                        hint="batchmean sums over every position and divides by the first dimension only.")
+def check_masked_batchmean_factor(answer: float | None, lengths: tuple[int, ...] = EX2_LENGTHS,
+                                  seq: int = EX2_SEQ) -> bool:
+    """Exercise 2: the factor by which a padding-masked KL divided by the batch size overstates the per-token KL."""
+    return check_number("2 (masked batchmean factor)", answer, masked_batchmean_factor(lengths, seq), rel_tol=0.01,
+                        hint="the mask removes the padding from the sum, but the divisor is still the number of "
+                             "sequences: what does a sum over real tokens divided by the sequences give?")
 
 
 #: Exercise 3: top-k, bytes per stored value (fp8), and corpus tokens; the notebook's table is top-32/128 in bf16 for 1e10.
@@ -80,11 +89,13 @@ Computed: CombinedLoss(0, 1, temperature=2) on one real token (dsnb.exercises.nb
 
 @SOLUTIONS.register(2)
 def _solution_2() -> str:
+    real = sum(EX2_LENGTHS)
     return f"""
-batchmean divides the sum over every element by input.size(0). On ({EX2_BATCH}, {EX2_SEQ}, vocab) tensors that is
-the sum over {EX2_BATCH} × {EX2_SEQ} positions divided by {EX2_BATCH}: each sequence's {EX2_SEQ} per-token KLs are added up, so the
-value is {EX2_SEQ} times the per-token mean, whatever the batch size (measured: {batchmean_factor(EX2_BATCH, EX2_SEQ):.1f}×). Flatten to
-(tokens, vocab) first, or divide the sum by the number of real tokens, as CombinedLoss does.
+The mask zeroes the padding positions, so the sum is over the {' + '.join(map(str, EX2_LENGTHS))} = {real} real tokens;
+dividing it by the {len(EX2_LENGTHS)} sequences gives {real} / {len(EX2_LENGTHS)} = {real / len(EX2_LENGTHS):g} times the KL per real token: the mean real length,
+not the padded length {EX2_SEQ} (measured: {masked_batchmean_factor(EX2_LENGTHS, EX2_SEQ):.1f}×). The factor changes from batch to batch
+with the lengths, so the KL's weight against the cross-entropy drifts too. Divide by mask.sum(), the real tokens,
+as CombinedLoss does.
 """
 
 
