@@ -50,8 +50,7 @@ class LedgerError(ValueError):
 
 #: An f-string placeholder with a subscript, attribute or format spec (``{kept['x']:.2f}``) left in the text: a
 #: piece of the string without its ``f`` prefix. A bare ``{name}`` is allowed (a label set reads like one).
-_UNFORMATTED = re.compile(r"\{[A-Za-z_]\w*(?:\[[^\]{}]*\]|\.\w+)*(?:![rsa])?(?::[^{}]*)?\}")
-_UNFORMATTED_NEEDS = re.compile(r"[\[.:!]")
+_UNFORMATTED = re.compile(r"\{[A-Za-z_]\w*((?:\[[^\]{}]*\]|\.\w+)*(?:![rsa])?(?::[^{}]*)?)\}")
 
 
 @dataclass(frozen=True)
@@ -85,10 +84,10 @@ class LedgerRow:
         if not self.method.strip() or not self.measured.strip():
             raise LedgerError(f"{self.claim}: method and measured must not be empty")
         for name in ("article", "method", "measured", "verdict"):
-            for left in _UNFORMATTED.finditer(getattr(self, name)):
-                if _UNFORMATTED_NEEDS.search(left.group()):
-                    raise LedgerError(f"{self.claim}: {name} holds {left.group()!r}, a placeholder left unformatted: "
-                                      "add the f prefix to that piece of the string")
+            left = next((m.group() for m in _UNFORMATTED.finditer(getattr(self, name)) if m.group(1)), None)
+            if left:
+                raise LedgerError(f"{self.claim}: {name} holds {left!r}, a placeholder left unformatted: "
+                                  "add the f prefix to that piece of the string")
         if bool(self.article.strip()) != bool(self.verdict.strip()):
             raise LedgerError(f"{self.claim}: give both the article's wording and a verdict, or neither (a supplement)")
 
